@@ -1,0 +1,139 @@
+"""Hard-concrete gates (Louizos et al., 2018) for structured L0 pruning.
+
+A :class:`HardConcreteGate` holds ``n`` independent stochastic gates ``z`` in
+``[0, 1]``, each parameterised by a learnable ``log_alpha``:
+
+* train mode: ``u ~ U(0, 1)``,
+  ``s = sigmoid((log u - log(1 - u) + log_alpha) / beta)``,
+  ``z = clamp(s * (r - l) + l, 0, 1)``;
+* eval mode (deterministic): keep the ``round(sum P(z > 0))`` gates with the
+  largest ``log_alpha``, each with its median value
+  ``clamp(sigmoid(log_alpha) * (r - l) + l, 0, 1)``; every other gate is 0.
+
+``P(z > 0) = sigmoid(log_alpha - beta * log(-l / r))`` is the differentiable
+keep probability used by the expected-cost model (:mod:`espnet_prune.cost`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+from typing import Any, Dict, Optional
+
+import torch
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """Hyper-parameters shared by all gates of a model.
+
+    Attributes:
+        init_keep_prob: initial ``P(z > 0)`` of every gate, in (0, 1).
+        init_std: std of the Gaussian noise added to the initial log_alpha.
+        temperature: ``beta`` of the hard-concrete distribution.
+        limit_l: left stretch limit ``l`` (< 0).
+        limit_r: right stretch limit ``r`` (> 1).
+    """
+
+    init_keep_prob: float = 0.9
+    init_std: float = 0.01
+    temperature: float = 2.0 / 3.0
+    limit_l: float = -0.1
+    limit_r: float = 1.1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.init_keep_prob < 1.0:
+            raise ValueError(
+                f"gate_conf.init_keep_prob must be in (0, 1), got {self.init_keep_prob}"
+            )
+        if self.temperature <= 0.0:
+            raise ValueError(
+                f"gate_conf.temperature must be > 0, got {self.temperature}"
+            )
+        if not self.limit_l < 0.0:
+            raise ValueError(f"gate_conf.limit_l must be < 0, got {self.limit_l}")
+        if not self.limit_r > 1.0:
+            raise ValueError(f"gate_conf.limit_r must be > 1, got {self.limit_r}")
+        if self.init_std < 0.0:
+            raise ValueError(f"gate_conf.init_std must be >= 0, got {self.init_std}")
+
+    @classmethod
+    def from_dict(cls, conf: Optional[Dict[str, Any]]) -> "GateConfig":
+        """Build from a YAML mapping, rejecting unknown keys by name."""
+        conf = dict(conf or {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(conf) - known)
+        if unknown:
+            raise ValueError(
+                f"unknown gate_conf key(s) {unknown}; expected a subset of {sorted(known)}"
+            )
+        return cls(**{k: float(v) for k, v in conf.items()})
+
+    @property
+    def log_ratio(self) -> float:
+        """``beta * log(-l / r)``: shift between log_alpha and the logit of P(z>0)."""
+        return self.temperature * math.log(-self.limit_l / self.limit_r)
+
+    def init_log_alpha(self) -> float:
+        """log_alpha whose ``P(z > 0)`` equals ``init_keep_prob``."""
+        p = self.init_keep_prob
+        return math.log(p / (1.0 - p)) + self.log_ratio
+
+
+class HardConcreteGate(torch.nn.Module):
+    """``n`` hard-concrete gates with learnable ``log_alpha`` of shape ``(n,)``.
+
+    Calling the module returns the mask ``z`` of shape ``(n,)``: sampled in
+    train mode, deterministic in eval mode.
+    """
+
+    def __init__(self, n: int, config: GateConfig = GateConfig()) -> None:
+        super().__init__()
+        if n < 1:
+            raise ValueError(f"a gate needs n >= 1, got {n}")
+        self.n = n
+        self.config = config
+        self.log_alpha = torch.nn.Parameter(torch.empty(n))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Set log_alpha to the configured initial keep probability (+ noise)."""
+        with torch.no_grad():
+            self.log_alpha.normal_(self.config.init_log_alpha(), self.config.init_std)
+
+    def espnet_initialization_fn(self) -> None:
+        """Called by ``espnet2.torch_utils.initialize``: undo its bias zeroing."""
+        self.reset_parameters()
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}"
+
+    def keep_prob(self) -> torch.Tensor:
+        """Differentiable ``P(z > 0)``, shape ``(n,)``."""
+        return torch.sigmoid(self.log_alpha - self.config.log_ratio)
+
+    def sample(self) -> torch.Tensor:
+        """Reparameterised sample of ``z``, shape ``(n,)``."""
+        c = self.config
+        eps = 1e-6
+        u = torch.rand_like(self.log_alpha).clamp(eps, 1.0 - eps)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / c.temperature)
+        return (s * (c.limit_r - c.limit_l) + c.limit_l).clamp(0.0, 1.0)
+
+    def deterministic(self) -> torch.Tensor:
+        """Eval-mode mask, shape ``(n,)``: top-``round(E[#kept])`` median values."""
+        c = self.config
+        with torch.no_grad():
+            n_keep = int(round(float(self.keep_prob().sum())))
+        median = (torch.sigmoid(self.log_alpha) * (c.limit_r - c.limit_l) + c.limit_l).clamp(
+            0.0, 1.0
+        )
+        if n_keep >= self.n:
+            return median
+        keep = torch.zeros_like(median, dtype=torch.bool)
+        if n_keep > 0:
+            keep[torch.topk(self.log_alpha.detach(), n_keep).indices] = True
+        return torch.where(keep, median, torch.zeros_like(median))
+
+    def forward(self) -> torch.Tensor:
+        return self.sample() if self.training else self.deterministic()

@@ -1,0 +1,124 @@
+"""The shrinker: gated Conformer -> heterogeneous dense ``pruned_conformer``.
+
+Every gate decision is read in eval mode (:meth:`GatedConformerBlock.kept_units`):
+closed heads / units / channels and closed modules are cut out of the weights,
+and the values of the kept gates are folded into each module's output
+projection, so that the shrunk model computes what the gated model computes in
+eval mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+from espnet_prune.blocks import ConformerBlock, block_sizes, subset_module
+from espnet_prune.encoder import GatedConformerBlock, GatedConformerEncoder
+from espnet_prune.pruned_encoder import PrunedConformerEncoder, pruned_encoder_conf
+from espnet_prune.structure import MODULES, BlockStructure
+
+_NORMS = ("norm_ff_macaron", "norm_mha", "norm_conv", "norm_ff", "norm_final")
+
+
+def shrink_block(block: GatedConformerBlock) -> ConformerBlock:
+    """Dense copy of ``block`` without what its eval-mode gates close."""
+    kept = block.kept_units()
+    modules: Dict[str, Any] = {}
+    for name, (_, attr) in MODULES.items():
+        module = getattr(block, attr)
+        if module is None or len(kept[name][0]) == 0:
+            modules[attr] = None
+            continue
+        keep, unit_scale, whole = kept[name]
+        modules[attr] = subset_module(module, keep.to(module_device(module)), unit_scale, whole)
+    new = ConformerBlock(
+        block.size,
+        modules["self_attn"],
+        modules["feed_forward"],
+        modules["feed_forward_macaron"],
+        modules["conv_module"],
+        block.dropout.p,
+        block.stochastic_depth_rate,
+        ff_scale=block.ff_scale,
+        final_norm=block.final_norm,
+    )
+    for norm in _NORMS:
+        if norm in new._modules:
+            getattr(new, norm).load_state_dict(getattr(block, norm).state_dict())
+    return new.to(next(block.parameters()).device).train(block.training)
+
+
+def module_device(module: torch.nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def block_structure(block: ConformerBlock) -> BlockStructure:
+    sizes = block_sizes(block)
+    return BlockStructure(**{MODULES[name][0]: n for name, n in sizes.items()})
+
+
+def shrink_encoder(
+    gated: GatedConformerEncoder, encoder_conf: Dict[str, Any]
+) -> Tuple[PrunedConformerEncoder, Dict[str, Any]]:
+    """Shrink a gated encoder built from ``encoder_conf``.
+
+    Returns the pruned encoder (weights loaded with every key matched) and its
+    ``encoder_conf``.
+    """
+    blocks = [shrink_block(b) for b in gated.encoders]
+    structure = [block_structure(b) for b in blocks]
+    conf = pruned_encoder_conf(encoder_conf, structure)
+    pruned = PrunedConformerEncoder(gated.dims.input_size, **conf)
+    state = {
+        k: v for k, v in gated.state_dict().items() if not k.startswith("encoders.")
+    }
+    for i, b in enumerate(blocks):
+        state.update({f"encoders.{i}.{k}": v for k, v in b.state_dict().items()})
+    load_strict(pruned, state, what="shrunk encoder")
+    device = next(gated.parameters()).device
+    return pruned.to(device).train(gated.training), conf
+
+
+def load_strict(module: torch.nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
+    """``load_state_dict`` that names missing/unexpected keys and shape mismatches."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(
+        k for k in set(own) & set(state) if own[k].shape != state[k].shape
+    )
+    if missing or unexpected or mismatched:
+        raise RuntimeError(
+            f"{what}: state does not match the model: missing {missing[:10]}, "
+            f"unexpected {unexpected[:10]}, shape mismatch {mismatched[:10]}"
+        )
+    module.load_state_dict(state, strict=True)
+
+
+def shrink_asr_model(
+    model: torch.nn.Module, train_args: argparse.Namespace
+) -> Tuple[torch.nn.Module, argparse.Namespace]:
+    """Replace a gated encoder of an ESPnet ASR model by its shrunk version.
+
+    Returns a new model (the input is untouched) and the updated training
+    arguments (``encoder: pruned_conformer`` and its ``encoder_conf``).
+    """
+    if not isinstance(model.encoder, GatedConformerEncoder):
+        raise TypeError(
+            f"expected a gated_conformer encoder, found {type(model.encoder).__name__}"
+        )
+    was_training = model.training
+    model = copy.deepcopy(model).eval()
+    encoder, conf = shrink_encoder(model.encoder, dict(train_args.encoder_conf or {}))
+    model.encoder = encoder
+    args = copy.deepcopy(train_args)
+    args.encoder = "pruned_conformer"
+    args.encoder_conf = conf
+    return model.train(was_training), args
+
+
+def structure_summary(structure: List[BlockStructure]) -> List[Dict[str, int]]:
+    return [s.to_dict() for s in structure]

@@ -1,0 +1,25 @@
+"""espnet_prune: learned structured pruning for ESPnet Conformer ASR models."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="espnet_prune",
+    version="0.1.0",
+    description=(
+        "ESPnet plugin: hard-concrete structured pruning with Lagrangian sparsity "
+        "control and layerwise distillation for Conformer ASR"
+    ),
+    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["espnet_prune", "espnet_prune.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "espnet==202511",
+        "torch==2.11.0",
+        "torchaudio==2.11.0",
+        "sentencepiece",
+        "pyyaml",
+        "kaldiio",
+    ],
+    extras_require={"test": ["pytest"]},
+)

@@ -7,8 +7,8 @@ A :class:`HardConcreteGate` holds ``n`` independent stochastic gates ``z`` in
   ``s = sigmoid((log u - log(1 - u) + log_alpha) / beta)``,
   ``z = clamp(s * (r - l) + l, 0, 1)``;
 * eval mode (deterministic): keep the ``round(sum P(z > 0))`` gates with the
-  largest ``log_alpha``, each with its median value
-  ``clamp(sigmoid(log_alpha) * (r - l) + l, 0, 1)``; every other gate is 0.
+  largest ``log_alpha``, each with its median value (the value at ``u = 0.5``)
+  ``clamp(sigmoid(log_alpha / beta) * (r - l) + l, 0, 1)``; every other gate is 0.
 
 ``P(z > 0) = sigmoid(log_alpha - beta * log(-l / r))`` is the differentiable
 keep probability used by the expected-cost model (:mod:`espnet_prune.cost`).
@@ -125,9 +125,8 @@ class HardConcreteGate(torch.nn.Module):
         c = self.config
         with torch.no_grad():
             n_keep = int(round(float(self.keep_prob().sum())))
-        median = (torch.sigmoid(self.log_alpha) * (c.limit_r - c.limit_l) + c.limit_l).clamp(
-            0.0, 1.0
-        )
+        median = torch.sigmoid(self.log_alpha / c.temperature)
+        median = (median * (c.limit_r - c.limit_l) + c.limit_l).clamp(0.0, 1.0)
         if n_keep >= self.n:
             return median
         keep = torch.zeros_like(median, dtype=torch.bool)

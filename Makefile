@@ -1,0 +1,26 @@
+# Two commands do all set-up: `make test` and `make demo` (both create .venv if needed).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: test demo venv clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): setup.py
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q 'pip<25'
+	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m espnet_prune.offline $(VENV)/nltk_data >/dev/null
+	touch $(STAMP)
+
+test: $(STAMP)
+	NLTK_DATA=$(CURDIR)/$(VENV)/nltk_data $(PY) -m pytest -q tests
+
+demo: $(STAMP)
+	@echo "make demo arrives with the recipe (egs2/librispeech_prune/asr1/run.sh --dataset mini); not available yet." >&2
+	@exit 2
+
+clean-venv:
+	rm -rf $(VENV)

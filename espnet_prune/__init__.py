@@ -13,12 +13,19 @@ ENCODERS = {
 }
 
 
+MODELS = {"prune_espnet": "espnet_prune.model:ESPnetPruneASRModel"}
+
+
 def register() -> None:
-    """Register the plugin's encoders in ``espnet2.tasks.asr.encoder_choices`` (idempotent)."""
+    """Register the plugin's classes in ESPnet's ASR task choices (idempotent).
+
+    Encoders go to ``espnet2.tasks.asr.encoder_choices``, models to ``model_choices``.
+    """
     import importlib
 
     from espnet2.tasks import asr
 
-    for name, target in ENCODERS.items():
-        module, cls = target.split(":")
-        asr.encoder_choices.classes[name] = getattr(importlib.import_module(module), cls)
+    for choices, table in ((asr.encoder_choices, ENCODERS), (asr.model_choices, MODELS)):
+        for name, target in table.items():
+            module, cls = target.split(":")
+            choices.classes[name] = getattr(importlib.import_module(module), cls)

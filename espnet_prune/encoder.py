@@ -52,11 +52,23 @@ class GatedConformerBlock(ConformerBlock):
     def module_masks(self, name: str) -> tuple:
         """(unit mask (n,) or None, module mask () or None) of module ``name``.
 
-        Sampled in train mode, deterministic in eval mode.
+        Sampled in train mode. In eval mode deterministic, keeping
+        ``round(P(module) * sum P(unit))`` units: the expected number of units the
+        module keeps, so that the eval structure costs what the expected cost says.
         """
         unit_gate = MODULES[name][0]
-        unit = self.gates[unit_gate]() if unit_gate in self.gates else None
         whole = self.gates[name]()[0] if name in self.gates else None
+        unit = None
+        if unit_gate in self.gates:
+            gate = self.gates[unit_gate]
+            if self.training:
+                unit = gate()
+            else:
+                with torch.no_grad():
+                    expected = gate.keep_prob().sum()
+                    if name in self.gates:
+                        expected = expected * self.gates[name].keep_prob()[0]
+                unit = gate.deterministic(int(round(float(expected))))
         return unit, whole
 
     def branch_scales(self) -> Dict[str, Optional[Tensor]]:

@@ -7,8 +7,11 @@ A :class:`HardConcreteGate` holds ``n`` independent stochastic gates ``z`` in
   ``s = sigmoid((log u - log(1 - u) + log_alpha) / beta)``,
   ``z = clamp(s * (r - l) + l, 0, 1)``;
 * eval mode (deterministic): keep the ``round(sum P(z > 0))`` gates with the
-  largest ``log_alpha``, each with its median value (the value at ``u = 0.5``)
-  ``clamp(sigmoid(log_alpha / beta) * (r - l) + l, 0, 1)``; every other gate is 0.
+  largest ``log_alpha``, each at its median value *given that it is open*
+  (``u`` halfway between the smallest ``u`` that opens the gate and 1): exactly 1
+  for gates that are nearly always fully open, and > 0 for every kept gate, so
+  the number of kept gates is exactly the rounded expectation; every other gate
+  is 0.
 
 ``P(z > 0) = sigmoid(log_alpha - beta * log(-l / r))`` is the differentiable
 keep probability used by the expected-cost model (:mod:`espnet_prune.cost`).
@@ -35,7 +38,7 @@ class GateConfig:
         limit_r: right stretch limit ``r`` (> 1).
     """
 
-    init_keep_prob: float = 0.9
+    init_keep_prob: float = 0.95
     init_std: float = 0.01
     temperature: float = 2.0 / 3.0
     limit_l: float = -0.1
@@ -120,19 +123,29 @@ class HardConcreteGate(torch.nn.Module):
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / c.temperature)
         return (s * (c.limit_r - c.limit_l) + c.limit_l).clamp(0.0, 1.0)
 
-    def deterministic(self) -> torch.Tensor:
-        """Eval-mode mask, shape ``(n,)``: top-``round(E[#kept])`` median values."""
-        c = self.config
-        with torch.no_grad():
-            n_keep = int(round(float(self.keep_prob().sum())))
-        median = torch.sigmoid(self.log_alpha / c.temperature)
-        median = (median * (c.limit_r - c.limit_l) + c.limit_l).clamp(0.0, 1.0)
+    def deterministic(self, n_keep: Optional[int] = None) -> torch.Tensor:
+        """Eval-mode mask, shape ``(n,)``: the ``n_keep`` gates of largest log_alpha
+        (default ``round(E[#kept])``) at their open medians, zeros elsewhere."""
+        if n_keep is None:
+            with torch.no_grad():
+                n_keep = int(round(float(self.keep_prob().sum())))
+        median = self.open_median()
         if n_keep >= self.n:
             return median
         keep = torch.zeros_like(median, dtype=torch.bool)
         if n_keep > 0:
             keep[torch.topk(self.log_alpha.detach(), n_keep).indices] = True
         return torch.where(keep, median, torch.zeros_like(median))
+
+    def open_median(self) -> torch.Tensor:
+        """Median of ``z`` given ``z > 0``, shape ``(n,)``, in (0, 1]."""
+        c = self.config
+        s_open = -c.limit_l / (c.limit_r - c.limit_l)  # s above this gives z > 0
+        logit_s_open = math.log(s_open / (1.0 - s_open))
+        u_open = torch.sigmoid(c.temperature * logit_s_open - self.log_alpha)
+        u_mid = (1.0 + u_open) / 2.0
+        s = torch.sigmoid((torch.logit(u_mid) + self.log_alpha) / c.temperature)
+        return (s * (c.limit_r - c.limit_l) + c.limit_l).clamp(0.0, 1.0)
 
     def forward(self) -> torch.Tensor:
         return self.sample() if self.training else self.deterministic()

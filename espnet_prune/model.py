@@ -1,0 +1,362 @@
+"""Pruning model (ESPnet ``model: prune_espnet``): gated student + frozen teacher + Lagrangian.
+
+Loss (DESIGN 2.3)::
+
+    L = asr_weight * L_asr + pred_weight * L_pred + layer_weight * L_layer
+        + lambda1 * (s - t) + lambda2 * (s - t)^2
+
+``s`` is the expected sparsity of the chosen cost (``target: {params: x}`` for the
+parameters of the prunable blocks, ``{macs: x}`` for their MACs at
+``cost_seconds`` of audio), ``t`` the target ramped linearly from 0 over
+``target_warmup_steps`` training forwards. ``lambda1/2`` are maximised: their
+gradient is reversed, so the optimizer that holds them does gradient ascent.
+
+The teacher is loaded from ``teacher_config`` / ``teacher_model_file``, frozen,
+kept in eval mode and moved with the student, but is not a registered
+submodule: it is absent from ``state_dict()``, ``parameters()``, the optimizers
+and DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import inspect
+import math
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+import torch
+from espnet2.asr.espnet_model import ESPnetASRModel
+from espnet.nets.pytorch_backend.nets_utils import make_pad_mask, th_accuracy
+from espnet.nets.pytorch_backend.transformer.add_sos_eos import add_sos_eos
+from espnet2.torch_utils.device_funcs import force_gatherable
+
+from espnet_prune.cost import structure_cost
+from espnet_prune.distill import LayerDistiller, kl_divergence
+from espnet_prune.encoder import GatedConformerEncoder
+
+Tensor = torch.Tensor
+
+#: target key -> cost-model entry it constrains.
+TARGET_COSTS = {"params": "block_params", "macs": "block_macs"}
+#: model_conf keys of this model on top of ESPnetASRModel's.
+PRUNE_KEYS = (
+    "teacher_config", "teacher_model_file", "target", "target_warmup_steps",
+    "asr_weight", "pred_weight", "layer_weight", "temperature", "distill_layers",
+    "layer_mapping", "cost_seconds", "cost_frames_per_second",
+)
+
+
+def parse_target(target: Any) -> Tuple[str, float]:
+    """``{params: x}`` or ``{macs: x}`` with x in [0, 1) -> (kind, x)."""
+    if not isinstance(target, Mapping) or len(target) != 1:
+        raise ValueError(
+            f"model_conf.target must be one mapping like {{params: 0.5}} or {{macs: 0.5}}, got {target!r}"
+        )
+    (kind, value), = target.items()
+    if kind not in TARGET_COSTS:
+        raise ValueError(f"model_conf.target.{kind}: unknown cost; choose from {list(TARGET_COSTS)}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"model_conf.target.{kind}={value!r} is not a number") from None
+    if not (0.0 <= value < 1.0) or math.isnan(value):
+        raise ValueError(f"model_conf.target.{kind}={value} must be in [0, 1)")
+    return kind, value
+
+
+class _GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        return -grad
+
+
+@contextlib.contextmanager
+def block_outputs(encoder: torch.nn.Module) -> Iterator[List[Tensor]]:
+    """Collect the output ``(B, T, d)`` of every encoder block during a forward."""
+    outputs: List[Tensor] = []
+
+    def hook(_module, _inputs, output):
+        x = output[0]
+        outputs.append(x[0] if isinstance(x, tuple) else x)
+
+    handles = [b.register_forward_hook(hook) for b in encoder.encoders]
+    try:
+        yield outputs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+class PruningState(torch.nn.Module):
+    """Training-only state saved with the student: layer map, multipliers, step counter."""
+
+    def __init__(self, distiller: LayerDistiller) -> None:
+        super().__init__()
+        self.distiller = distiller
+        self.lambda1 = torch.nn.Parameter(torch.zeros(()))
+        self.lambda2 = torch.nn.Parameter(torch.zeros(()))
+        self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+
+    def espnet_initialization_fn(self) -> None:
+        with torch.no_grad():
+            self.lambda1.zero_()
+            self.lambda2.zero_()
+
+
+class ESPnetPruneASRModel(ESPnetASRModel):
+    """ESPnet CTC/attention model whose encoder is pruned under distillation.
+
+    Args (``model_conf`` keys on top of ``ESPnetASRModel``'s):
+        teacher_config / teacher_model_file: the dense teacher (ESPnet config.yaml + .pth).
+        target: ``{params: x}`` or ``{macs: x}``, sparsity of the prunable blocks in [0, 1).
+        target_warmup_steps: training forwards over which the target ramps up from 0.
+        asr_weight / pred_weight / layer_weight: loss weights.
+        temperature: softmax temperature of the prediction-layer KL.
+        distill_layers: 1-based teacher blocks matched by ``L_layer`` (default: every
+            third block, and the last one).
+        layer_mapping: ``dynamic`` (CoFi) or ``fixed``.
+        cost_seconds / cost_frames_per_second: reference input of the MACs cost.
+    """
+
+    def __init__(
+        self,
+        *args: Any,
+        teacher_config: Optional[str] = None,
+        teacher_model_file: Optional[str] = None,
+        target: Optional[Dict[str, float]] = None,
+        target_warmup_steps: int = 0,
+        asr_weight: float = 1.0,
+        pred_weight: float = 1.0,
+        layer_weight: float = 1.0,
+        temperature: float = 1.0,
+        distill_layers: Optional[List[int]] = None,
+        layer_mapping: str = "dynamic",
+        cost_seconds: float = 10.0,
+        cost_frames_per_second: float = 100.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.encoder, GatedConformerEncoder):
+            raise ValueError(
+                f"model: prune_espnet needs encoder: gated_conformer, got {type(self.encoder).__name__}"
+            )
+        if self.preencoder is not None or self.postencoder is not None:
+            raise ValueError("model: prune_espnet does not support a preencoder/postencoder")
+        self.target_kind, self.target = parse_target(target if target is not None else {"params": 0.5})
+        if int(target_warmup_steps) < 0:
+            raise ValueError(f"model_conf.target_warmup_steps={target_warmup_steps} must be >= 0")
+        if temperature <= 0:
+            raise ValueError(f"model_conf.temperature={temperature} must be > 0")
+        self.target_warmup_steps = int(target_warmup_steps)
+        self.asr_weight, self.pred_weight, self.layer_weight = asr_weight, pred_weight, layer_weight
+        self.temperature = float(temperature)
+        self.cost_seconds, self.cost_fps = float(cost_seconds), float(cost_frames_per_second)
+        dims = self.encoder.dims
+        self.dense_cost = float(
+            structure_cost(dims, dims.dense_structure(), self.cost_seconds, self.cost_fps)[
+                TARGET_COSTS[self.target_kind]
+            ]
+        )
+        if distill_layers is None:
+            n = dims.num_blocks
+            distill_layers = sorted(set(list(range(3, n + 1, 3)) + [n]))
+        self.pruning = PruningState(
+            LayerDistiller(dims.output_size, distill_layers, dims.num_blocks, layer_mapping)
+        )
+        object.__setattr__(self, "teacher", load_teacher(teacher_config, teacher_model_file))
+        check_teacher_matches(self.teacher, self)
+        self.init_from_teacher()
+
+    # -- teacher handling --------------------------------------------------
+
+    def init_from_teacher(self) -> None:
+        """Copy every teacher weight into the student (gates and pruning state keep theirs)."""
+        own = self.state_dict()
+        state = dict(own)
+        state.update({k: v for k, v in self.teacher.state_dict().items()})
+        self.load_state_dict(state, strict=True)
+
+    def _apply(self, fn, *args, **kwargs):  # moves the teacher with .to() / .cuda() / .half()
+        super()._apply(fn, *args, **kwargs)
+        self.teacher._apply(fn, *args, **kwargs)
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    # -- sparsity ----------------------------------------------------------
+
+    def current_target(self) -> float:
+        """Target sparsity at the current step (linear ramp from 0)."""
+        if self.target_warmup_steps == 0:
+            return self.target
+        frac = min(1.0, float(self.pruning.num_updates) / self.target_warmup_steps)
+        return self.target * frac
+
+    def expected_sparsity(self) -> Tensor:
+        cost = self.encoder.expected_cost(self.cost_seconds, self.cost_fps)
+        return 1.0 - cost[TARGET_COSTS[self.target_kind]] / self.dense_cost
+
+    @torch.no_grad()
+    def eval_sparsity(self) -> float:
+        """Sparsity of the deterministic (eval-mode) structure: what shrinking would give."""
+        dims = self.encoder.dims
+        cost = structure_cost(dims, self.encoder.structure(), self.cost_seconds, self.cost_fps)
+        return 1.0 - cost[TARGET_COSTS[self.target_kind]] / self.dense_cost
+
+    # -- forward -------------------------------------------------------------
+
+    def forward(
+        self,
+        speech: Tensor,
+        speech_lengths: Tensor,
+        text: Tensor,
+        text_lengths: Tensor,
+        **kwargs: Any,
+    ) -> Tuple[Tensor, Dict[str, Tensor], Tensor]:
+        batch_size = speech.shape[0]
+        text[text == -1] = self.ignore_id
+        text = text[:, : text_lengths.max()]
+
+        # Student and teacher see the same (augmented) features.
+        feats, feats_lengths = self._extract_feats(speech, speech_lengths)
+        if self.specaug is not None and self.training:
+            feats, feats_lengths = self.specaug(feats, feats_lengths)
+        teacher = self.teacher
+        with torch.no_grad():  # ESPnet's normalizers may work in place: give the teacher a copy
+            t_feats, t_lens = feats.clone(), feats_lengths
+            if teacher.normalize is not None:
+                t_feats, t_lens = teacher.normalize(t_feats, t_lens)
+            with block_outputs(teacher.encoder) as t_hidden:
+                t_enc, t_enc_lens, _ = teacher.encoder(t_feats, t_lens)
+        s_feats, s_lens = feats, feats_lengths
+        if self.normalize is not None:
+            s_feats, s_lens = self.normalize(s_feats, s_lens)
+        with block_outputs(self.encoder) as s_hidden:
+            enc, enc_lens, _ = self.encoder(s_feats, s_lens)
+        frame_mask = ~make_pad_mask(enc_lens, maxlen=enc.size(1)).to(enc.device)
+        stats: Dict[str, Any] = {}
+
+        # 1. ASR loss and prediction-layer distillation (CTC + attention decoder)
+        ctc_w = self.ctc_weight
+        loss_asr = enc.new_zeros(())
+        loss_pred = enc.new_zeros(())
+        if ctc_w > 0.0:
+            loss_ctc, cer_ctc = self._calc_ctc_loss(enc, enc_lens, text, text_lengths)
+            with torch.no_grad():
+                t_ctc = teacher.ctc.ctc_lo(t_enc)
+            kl_ctc = kl_divergence(self.ctc.ctc_lo(enc), t_ctc, frame_mask, self.temperature)
+            loss_asr = loss_asr + ctc_w * loss_ctc
+            loss_pred = loss_pred + ctc_w * kl_ctc
+            stats.update(loss_ctc=loss_ctc.detach(), kl_ctc=kl_ctc.detach(), cer_ctc=cer_ctc)
+        if ctc_w < 1.0 and self.decoder is not None:
+            ys_in, ys_out = add_sos_eos(text, self.sos, self.eos, self.ignore_id)
+            ys_in_lens = text_lengths + 1
+            dec, _ = self.decoder(enc, enc_lens, ys_in, ys_in_lens)
+            with torch.no_grad():
+                t_dec, _ = teacher.decoder(t_enc, t_enc_lens, ys_in, ys_in_lens)
+            loss_att = self.criterion_att(dec, ys_out)
+            kl_att = kl_divergence(dec, t_dec, ys_out != self.ignore_id, self.temperature)
+            acc = th_accuracy(dec.view(-1, self.vocab_size), ys_out, ignore_label=self.ignore_id)
+            loss_asr = loss_asr + (1.0 - ctc_w) * loss_att
+            loss_pred = loss_pred + (1.0 - ctc_w) * kl_att
+            stats.update(loss_att=loss_att.detach(), kl_att=kl_att.detach(), acc=acc)
+
+        # 2. Layerwise distillation
+        loss_layer, matched = self.pruning.distiller(s_hidden, t_hidden, frame_mask)
+
+        # 3. Lagrangian sparsity control
+        if self.training:
+            self.pruning.num_updates += 1
+        target = self.current_target()
+        expected = self.expected_sparsity()
+        gap = expected - target
+        lam1 = _GradReverse.apply(self.pruning.lambda1)
+        lam2 = _GradReverse.apply(self.pruning.lambda2)
+        loss_lagrangian = lam1 * gap + lam2 * gap * gap
+
+        loss = (
+            self.asr_weight * loss_asr
+            + self.pred_weight * loss_pred
+            + self.layer_weight * loss_layer
+            + loss_lagrangian
+        )
+        stats.update(
+            loss=loss.detach(),
+            loss_asr=loss_asr.detach(),
+            loss_pred=loss_pred.detach(),
+            loss_layer=loss_layer.detach(),
+            loss_lagrangian=loss_lagrangian.detach(),
+            expected_sparsity=expected.detach(),
+            target_sparsity=torch.tensor(target),
+            eval_sparsity=torch.tensor(self.eval_sparsity()),
+            lambda1=self.pruning.lambda1.detach().clone(),
+            lambda2=self.pruning.lambda2.detach().clone(),
+        )
+        for i, s in enumerate(matched):
+            stats[f"matched_layer{self.pruning.distiller.teacher_layers[i]}"] = torch.tensor(float(s))
+        loss, stats, weight = force_gatherable((loss, stats, batch_size), loss.device)
+        return loss, stats, weight
+
+
+def load_teacher(config: Optional[str], model_file: Optional[str]) -> ESPnetASRModel:
+    """Build the frozen teacher, with errors naming the ``model_conf`` key."""
+    from espnet_prune.model_io import build_asr_model
+
+    for key, value in (("teacher_config", config), ("teacher_model_file", model_file)):
+        if not value:
+            raise ValueError(f"model_conf.{key} is required for model: prune_espnet")
+        if not Path(value).is_file():
+            raise FileNotFoundError(f"model_conf.{key}: file not found: {value}")
+    try:
+        teacher, _ = build_asr_model(config, model_file)
+    except Exception as e:  # unreadable or mismatched checkpoint
+        raise ValueError(
+            f"model_conf.teacher_model_file: cannot load {model_file} with {config}: {e}"
+        ) from e
+    if isinstance(teacher, ESPnetPruneASRModel):
+        raise ValueError("model_conf.teacher_config: the teacher must be a dense model")
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    return teacher
+
+
+def check_teacher_matches(teacher: torch.nn.Module, student: torch.nn.Module) -> None:
+    """Every teacher weight must exist in the student with the same shape, and vice versa."""
+    t = {k: v.shape for k, v in teacher.state_dict().items()}
+    s = {
+        k: v.shape
+        for k, v in student.state_dict().items()
+        if ".gates." not in k and not k.startswith("pruning.")
+    }
+    problems = [f"{k}: teacher {tuple(t[k])} vs student {tuple(s[k])}" for k in t if k in s and t[k] != s[k]]
+    problems += [f"{k}: only in the teacher" for k in t if k not in s]
+    problems += [f"{k}: only in the student" for k in s if k not in t]
+    if problems:
+        raise ValueError(
+            "model_conf.teacher_config: the teacher's architecture does not match the "
+            f"student's dense shape ({len(problems)} differences), e.g. " + "; ".join(problems[:5])
+        )
+
+
+_ESPNET_MODEL_KEYS = set(inspect.signature(ESPnetASRModel.__init__).parameters)
+
+
+def plain_asr_args(args: argparse.Namespace) -> argparse.Namespace:
+    """Training args of a ``prune_espnet`` model rewritten as a plain ``espnet`` model."""
+    import copy
+
+    out = copy.deepcopy(args)
+    if getattr(out, "model", None) == "prune_espnet":
+        out.model = "espnet"
+        out.model_conf = {k: v for k, v in (out.model_conf or {}).items() if k in _ESPNET_MODEL_KEYS}
+    return out

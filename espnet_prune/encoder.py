@@ -52,23 +52,28 @@ class GatedConformerBlock(ConformerBlock):
     def module_masks(self, name: str) -> tuple:
         """(unit mask (n,) or None, module mask () or None) of module ``name``.
 
-        Sampled in train mode. In eval mode deterministic, keeping
-        ``round(P(module) * sum P(unit))`` units: the expected number of units the
-        module keeps, so that the eval structure costs what the expected cost says.
+        Sampled in train mode. In eval mode deterministic: a module with unit
+        gates keeps ``round(P(module) * sum P(unit))`` units, its expected unit
+        count, at their open medians, scaled by the module gate's open median (a
+        count of 0 removes the module); a module with only a module gate is kept
+        iff ``P(module) >= 0.5``. So the eval structure costs what the expected
+        cost says, up to rounding.
         """
         unit_gate = MODULES[name][0]
-        whole = self.gates[name]()[0] if name in self.gates else None
-        unit = None
-        if unit_gate in self.gates:
-            gate = self.gates[unit_gate]
-            if self.training:
-                unit = gate()
-            else:
-                with torch.no_grad():
-                    expected = gate.keep_prob().sum()
-                    if name in self.gates:
-                        expected = expected * self.gates[name].keep_prob()[0]
-                unit = gate.deterministic(int(round(float(expected))))
+        has_units, has_whole = unit_gate in self.gates, name in self.gates
+        if self.training:
+            unit = self.gates[unit_gate]() if has_units else None
+            whole = self.gates[name]()[0] if has_whole else None
+            return unit, whole
+        if not has_units:
+            return None, (self.gates[name]()[0] if has_whole else None)
+        gate = self.gates[unit_gate]
+        with torch.no_grad():
+            expected = gate.keep_prob().sum()
+            if has_whole:
+                expected = expected * self.gates[name].keep_prob()[0]
+        unit = gate.deterministic(int(round(float(expected))))
+        whole = self.gates[name].open_median()[0] if has_whole else None
         return unit, whole
 
     def branch_scales(self) -> Dict[str, Optional[Tensor]]:

@@ -94,27 +94,38 @@ def block_outputs(encoder: torch.nn.Module) -> Iterator[List[Tensor]]:
 
 
 class PruningState(torch.nn.Module):
-    """Training-only state saved with the student: layer map, multipliers, step counter."""
+    """Training-only state saved with the student: layer map, step counter and,
+    when pruning, the Lagrange multipliers."""
 
-    def __init__(self, distiller: LayerDistiller) -> None:
+    def __init__(self, distiller: LayerDistiller, lagrangian: bool) -> None:
         super().__init__()
         self.distiller = distiller
-        self.lambda1 = torch.nn.Parameter(torch.zeros(()))
-        self.lambda2 = torch.nn.Parameter(torch.zeros(()))
+        if lagrangian:
+            self.lambda1 = torch.nn.Parameter(torch.zeros(()))
+            self.lambda2 = torch.nn.Parameter(torch.zeros(()))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
 
     def espnet_initialization_fn(self) -> None:
         with torch.no_grad():
-            self.lambda1.zero_()
-            self.lambda2.zero_()
+            for p in self.parameters(recurse=False):
+                p.zero_()
 
 
 class ESPnetPruneASRModel(ESPnetASRModel):
     """ESPnet CTC/attention model whose encoder is pruned under distillation.
 
+    Two modes, chosen by the encoder:
+
+    * ``gated_conformer``: pruning. The student starts as a copy of the teacher
+      and the Lagrangian drives the gates to ``target``.
+    * ``pruned_conformer`` (or any Conformer): distillation only, e.g. to
+      fine-tune a shrunk model (``target`` must be unset; initialise the student
+      with ``--init_param``).
+
     Args (``model_conf`` keys on top of ``ESPnetASRModel``'s):
         teacher_config / teacher_model_file: the dense teacher (ESPnet config.yaml + .pth).
-        target: ``{params: x}`` or ``{macs: x}``, sparsity of the prunable blocks in [0, 1).
+        target: ``{params: x}`` or ``{macs: x}``, sparsity of the prunable blocks in
+            [0, 1); required when pruning.
         target_warmup_steps: training forwards over which the target ramps up from 0.
         asr_weight / pred_weight / layer_weight: loss weights.
         temperature: softmax temperature of the prediction-layer KL.
@@ -142,13 +153,23 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
-        if not isinstance(self.encoder, GatedConformerEncoder):
+        if not hasattr(self.encoder, "dims"):
             raise ValueError(
-                f"model: prune_espnet needs encoder: gated_conformer, got {type(self.encoder).__name__}"
+                "model: prune_espnet needs encoder: gated_conformer (pruning) or "
+                f"pruned_conformer (distillation), got {type(self.encoder).__name__}"
             )
         if self.preencoder is not None or self.postencoder is not None:
             raise ValueError("model: prune_espnet does not support a preencoder/postencoder")
-        self.target_kind, self.target = parse_target(target if target is not None else {"params": 0.5})
+        self.pruning_mode = isinstance(self.encoder, GatedConformerEncoder)
+        if self.pruning_mode:
+            if target is None:
+                raise ValueError("model_conf.target is required with encoder: gated_conformer")
+            self.target_kind, self.target = parse_target(target)
+        elif target is not None:
+            raise ValueError(
+                "model_conf.target is only for pruning (encoder: gated_conformer); "
+                f"this model distils into a {type(self.encoder).__name__}"
+            )
         if int(target_warmup_steps) < 0:
             raise ValueError(f"model_conf.target_warmup_steps={target_warmup_steps} must be >= 0")
         if temperature <= 0:
@@ -158,25 +179,32 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         self.temperature = float(temperature)
         self.cost_seconds, self.cost_fps = float(cost_seconds), float(cost_frames_per_second)
         dims = self.encoder.dims
-        self.dense_cost = float(
-            structure_cost(dims, dims.dense_structure(), self.cost_seconds, self.cost_fps)[
-                TARGET_COSTS[self.target_kind]
-            ]
-        )
+        if self.pruning_mode:
+            self.dense_cost = float(
+                structure_cost(dims, dims.dense_structure(), self.cost_seconds, self.cost_fps)[
+                    TARGET_COSTS[self.target_kind]
+                ]
+            )
         if distill_layers is None:
             n = dims.num_blocks
             distill_layers = sorted(set(list(range(3, n + 1, 3)) + [n]))
         self.pruning = PruningState(
-            LayerDistiller(dims.output_size, distill_layers, dims.num_blocks, layer_mapping)
+            LayerDistiller(dims.output_size, distill_layers, dims.num_blocks, layer_mapping),
+            lagrangian=self.pruning_mode,
         )
         object.__setattr__(self, "teacher", load_teacher(teacher_config, teacher_model_file))
-        check_teacher_matches(self.teacher, self)
-        self.init_from_teacher()
+        if self.pruning_mode:
+            check_teacher_matches(self.teacher, self)
+            self.init_from_teacher()
+        else:
+            check_teacher_compatible(self.teacher, self)
 
     # -- teacher handling --------------------------------------------------
 
     def init_from_teacher(self) -> None:
         """Copy every teacher weight into the student (gates and pruning state keep theirs)."""
+        if not self.pruning_mode:
+            return
         own = self.state_dict()
         state = dict(own)
         state.update({k: v for k, v in self.teacher.state_dict().items()})
@@ -274,32 +302,34 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         loss_layer, matched = self.pruning.distiller(s_hidden, t_hidden, frame_mask)
 
         # 3. Lagrangian sparsity control
-        if self.training:
-            self.pruning.num_updates += 1
-        target = self.current_target()
-        expected = self.expected_sparsity()
-        gap = expected - target
-        lam1 = _GradReverse.apply(self.pruning.lambda1)
-        lam2 = _GradReverse.apply(self.pruning.lambda2)
-        loss_lagrangian = lam1 * gap + lam2 * gap * gap
-
         loss = (
             self.asr_weight * loss_asr
             + self.pred_weight * loss_pred
             + self.layer_weight * loss_layer
-            + loss_lagrangian
         )
+        if self.training:
+            self.pruning.num_updates += 1
+        if self.pruning_mode:
+            target = self.current_target()
+            expected = self.expected_sparsity()
+            gap = expected - target
+            lam1 = _GradReverse.apply(self.pruning.lambda1)
+            lam2 = _GradReverse.apply(self.pruning.lambda2)
+            loss_lagrangian = lam1 * gap + lam2 * gap * gap
+            loss = loss + loss_lagrangian
+            stats.update(
+                loss_lagrangian=loss_lagrangian.detach(),
+                expected_sparsity=expected.detach(),
+                target_sparsity=torch.tensor(target),
+                eval_sparsity=torch.tensor(self.eval_sparsity()),
+                lambda1=self.pruning.lambda1.detach().clone(),
+                lambda2=self.pruning.lambda2.detach().clone(),
+            )
         stats.update(
             loss=loss.detach(),
             loss_asr=loss_asr.detach(),
             loss_pred=loss_pred.detach(),
             loss_layer=loss_layer.detach(),
-            loss_lagrangian=loss_lagrangian.detach(),
-            expected_sparsity=expected.detach(),
-            target_sparsity=torch.tensor(target),
-            eval_sparsity=torch.tensor(self.eval_sparsity()),
-            lambda1=self.pruning.lambda1.detach().clone(),
-            lambda2=self.pruning.lambda2.detach().clone(),
         )
         for i, s in enumerate(matched):
             stats[f"matched_layer{self.pruning.distiller.teacher_layers[i]}"] = torch.tensor(float(s))
@@ -345,6 +375,30 @@ def check_teacher_matches(teacher: torch.nn.Module, student: torch.nn.Module) ->
         raise ValueError(
             "model_conf.teacher_config: the teacher's architecture does not match the "
             f"student's dense shape ({len(problems)} differences), e.g. " + "; ".join(problems[:5])
+        )
+
+
+def check_teacher_compatible(teacher: torch.nn.Module, student: ESPnetASRModel) -> None:
+    """Distillation-only mode: same hidden size, block count and vocabulary."""
+    t_dims, s_dims = getattr(teacher.encoder, "dims", None), student.encoder.dims
+    if t_dims is None:
+        from espnet_prune.structure import ConformerDims
+
+        t_dims = ConformerDims(
+            input_size=s_dims.input_size,
+            output_size=teacher.encoder.output_size(),
+            num_blocks=len(teacher.encoder.encoders),
+        )
+    problems = []
+    if t_dims.output_size != s_dims.output_size:
+        problems.append(f"output_size {t_dims.output_size} vs {s_dims.output_size}")
+    if t_dims.num_blocks != s_dims.num_blocks:
+        problems.append(f"num_blocks {t_dims.num_blocks} vs {s_dims.num_blocks}")
+    if teacher.vocab_size != student.vocab_size:
+        problems.append(f"vocab_size {teacher.vocab_size} vs {student.vocab_size}")
+    if problems:
+        raise ValueError(
+            "model_conf.teacher_config: teacher and student cannot be distilled: " + "; ".join(problems)
         )
 
 

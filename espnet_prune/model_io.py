@@ -30,15 +30,16 @@ def load_train_args(config_file: PathLike) -> argparse.Namespace:
 
 
 def build_asr_model(
-    config_file: PathLike,
+    config: Union[PathLike, argparse.Namespace],
     model_file: Optional[PathLike] = None,
     device: str = "cpu",
-    strict: bool = True,
+    drop_prefixes: Tuple[str, ...] = (),
 ) -> Tuple[torch.nn.Module, argparse.Namespace]:
-    """Build an ESPnet ASR model from ``config_file`` and load ``model_file``.
+    """Build an ESPnet ASR model from a ``config.yaml`` (or its args) and load ``model_file``.
 
-    Unlike ``ASRTask.build_model_from_file`` the weights are loaded with every
-    key matched (``strict``); mismatches are named in the error.
+    Unlike ``ASRTask.build_model_from_file`` every key must match; mismatches
+    are named in the error. Checkpoint keys starting with ``drop_prefixes``
+    (training-only state) are ignored.
     """
     import espnet_prune
     from espnet2.tasks.asr import ASRTask
@@ -46,17 +47,19 @@ def build_asr_model(
     from espnet_prune.shrink import load_strict
 
     espnet_prune.register()
-    args = load_train_args(config_file)
+    args = config if isinstance(config, argparse.Namespace) else load_train_args(config)
     model = ASRTask.build_model(args)
     if model_file is not None:
         path = Path(model_file)
         if not path.is_file():
             raise FileNotFoundError(f"model file not found: {path}")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        if strict:
-            load_strict(model, state, what=str(path))
-        else:
-            model.load_state_dict(state, strict=False)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(f"{path}: not a readable PyTorch state dict: {e}") from e
+        if drop_prefixes:
+            state = {k: v for k, v in state.items() if not k.startswith(drop_prefixes)}
+        load_strict(model, state, what=str(path))
     return model.to(device), args
 
 

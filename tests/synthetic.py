@@ -15,8 +15,9 @@ TOKENS = ["<blank>", "<unk>", "A", "B", "C", "D", "E", "<sos/eos>"]
 FEAT_DIM = 20
 
 
-def make_corpus(root: Path, n_utts: int = 24, seed: int = 0) -> Path:
-    """Write feats.scp/ark, text, speech_shape and tokens.txt under ``root``.
+def make_corpus(root: Path, n_utts: int = 24, seed: int = 0, n_valid: int = 16) -> Path:
+    """Write feats.scp/ark, text, speech_shape and tokens.txt under ``root``, and the
+    same files for the first ``n_valid`` utterances under ``root/valid``.
 
     Each letter is a fixed random 20-dim pattern held for 8-12 frames (+ noise),
     so the mapping from features to text is learnable.
@@ -39,6 +40,11 @@ def make_corpus(root: Path, n_utts: int = 24, seed: int = 0) -> Path:
     (root / "text").write_text("\n".join(texts) + "\n")
     (root / "speech_shape").write_text("\n".join(shapes) + "\n")
     (root / "tokens.txt").write_text("\n".join(TOKENS) + "\n")
+    valid = root / "valid"
+    valid.mkdir(exist_ok=True)
+    scp = (root / "feats.scp").read_text().splitlines()
+    for name, lines in (("feats.scp", scp), ("text", texts), ("speech_shape", shapes)):
+        (valid / name).write_text("\n".join(lines[:n_valid]) + "\n")
     return root
 
 
@@ -87,9 +93,9 @@ def train_cmd(config: Path, output_dir: Path, data: Path, extra: Optional[List[s
         "--token_list", str(data / "tokens.txt"), "--token_type", "char", "--input_size", str(FEAT_DIM),
         "--train_data_path_and_name_and_type", f"{data}/feats.scp,speech,kaldi_ark",
         "--train_data_path_and_name_and_type", f"{data}/text,text,text",
-        "--valid_data_path_and_name_and_type", f"{data}/feats.scp,speech,kaldi_ark",
-        "--valid_data_path_and_name_and_type", f"{data}/text,text,text",
-        "--train_shape_file", str(data / "speech_shape"), "--valid_shape_file", str(data / "speech_shape"),
+        "--valid_data_path_and_name_and_type", f"{data}/valid/feats.scp,speech,kaldi_ark",
+        "--valid_data_path_and_name_and_type", f"{data}/valid/text,text,text",
+        "--train_shape_file", str(data / "speech_shape"), "--valid_shape_file", str(data / "valid/speech_shape"),
         *(extra or []),
     ]
 

@@ -1,5 +1,8 @@
 """Shrink a gated ASR model into a plain ESPnet model with a ``pruned_conformer`` encoder.
 
+Also exports a distillation fine-tuned (``model: prune_espnet`` with an already
+shrunk encoder) as a plain ESPnet model: training-only state is dropped.
+
     python -m espnet_prune.bin.shrink --asr_train_config exp/prune/config.yaml \
         --asr_model_file exp/prune/valid.acc.ave.pth --output_dir exp/prune/shrunk
 
@@ -27,25 +30,31 @@ def get_parser() -> argparse.ArgumentParser:
 
 def main(cmd: Optional[List[str]] = None) -> dict:
     args = get_parser().parse_args(cmd)
-    from espnet_prune.cost import sparsity
+    from espnet_prune.cost import sparsity, structure_cost
+    from espnet_prune.encoder import GatedConformerEncoder
+    from espnet_prune.model import plain_asr_args
+    from espnet_prune.model_io import load_train_args
     from espnet_prune.shrink import shrink_asr_model
 
-    gated, train_args = build_asr_model(args.asr_train_config, args.asr_model_file)
+    train_args = plain_asr_args(load_train_args(args.asr_train_config))
+    gated, _ = build_asr_model(train_args, args.asr_model_file, drop_prefixes=("pruning.",))
     gated.eval()
-    shrunk, shrunk_args = shrink_asr_model(gated, train_args)
+    if isinstance(gated.encoder, GatedConformerEncoder):
+        shrunk, shrunk_args = shrink_asr_model(gated, train_args)
+    else:
+        shrunk, shrunk_args = gated, train_args
     out = Path(args.output_dir)
     save_asr_model(out, shrunk, shrunk_args)
     # Self-description check: rebuild from what was written, every key matched.
     rebuilt, _ = build_asr_model(out / "config.yaml", out / "model.pth")
     before, after = param_breakdown(gated), param_breakdown(rebuilt)
-    dense_cost = gated.encoder.dims.dense_structure()
-    from espnet_prune.cost import structure_cost
-
-    dense = structure_cost(gated.encoder.dims, dense_cost)
-    pruned = structure_cost(rebuilt.encoder.dims, rebuilt.encoder.structure())
+    dims = rebuilt.encoder.dims
+    dense = structure_cost(dims, dims.dense_structure())
+    pruned = structure_cost(dims, rebuilt.encoder.structure())
+    gates = getattr(gated.encoder, "gate_parameters", lambda: [])()
     summary = {
         "output_dir": str(out),
-        "params_gated_model": before["total"] - sum(p.numel() for p in gated.encoder.gate_parameters()),
+        "params_gated_model": before["total"] - sum(p.numel() for p in gates),
         "params_shrunk_model": after["total"],
         "encoder_params": after["encoder"],
         "block_params_sparsity": float(sparsity(pruned["block_params"], dense["block_params"])),

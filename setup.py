@@ -20,6 +20,8 @@ setup(
         "sentencepiece",
         "pyyaml",
         "kaldiio",
+        "soundfile",
+        "espeakng-loader",  # bundles libespeak-ng: the mini corpus synthesizer, no root needed
     ],
     extras_require={"test": ["pytest"]},
 )

@@ -1,0 +1,1 @@
+"""Data side of the recipe: Kaldi data dirs, corpora, features and scoring."""

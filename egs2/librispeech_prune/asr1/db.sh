@@ -1,0 +1,2 @@
+# Where corpora live (or get downloaded to).
+LIBRISPEECH="${LIBRISPEECH:-downloads}"

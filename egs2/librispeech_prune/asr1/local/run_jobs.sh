@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Run a command as N parallel jobs, Kaldi style:
+#   local/run_jobs.sh [--backend local|slurm] [--slurm_opts "..."] JOB=1:N log/decode.JOB.log cmd args-with-JOB
+# or a single job: local/run_jobs.sh log/train.log cmd args
+# Every JOB in the log path and the command is replaced by the job index. Fails if any job fails.
+set -euo pipefail
+backend=local
+slurm_opts=""
+while [[ $# -gt 0 && $1 == --* ]]; do
+    case $1 in
+        --backend) backend=$2; shift 2 ;;
+        --slurm_opts) slurm_opts=$2; shift 2 ;;
+        *) echo "$0: unknown option $1" >&2; exit 1 ;;
+    esac
+done
+first=1; last=1; var=""
+if [[ $1 =~ ^([A-Za-z]+)=([0-9]+):([0-9]+)$ ]]; then
+    var=${BASH_REMATCH[1]}; first=${BASH_REMATCH[2]}; last=${BASH_REMATCH[3]}; shift
+fi
+log=$1; shift
+pids=()
+for ((i = first; i <= last; i++)); do
+    this_log=$log; args=("$@")
+    if [ -n "$var" ]; then
+        this_log=${log//$var/$i}
+        for k in "${!args[@]}"; do args[$k]=${args[$k]//$var/$i}; done
+    fi
+    mkdir -p "$(dirname "$this_log")"
+    {
+        echo "# ${args[*]}"
+        echo "# started at $(date)"
+    } > "$this_log"
+    if [ "$backend" = slurm ]; then
+        # shellcheck disable=SC2086
+        srun $slurm_opts bash -c "$(printf '%q ' "${args[@]}")" >> "$this_log" 2>&1 &
+    else
+        bash -c "$(printf '%q ' "${args[@]}")" >> "$this_log" 2>&1 &
+    fi
+    pids+=($!)
+done
+failed=0
+for k in "${!pids[@]}"; do
+    if ! wait "${pids[$k]}"; then
+        failed=$((failed + 1))
+        echo "$0: job $((first + k)) failed, see ${log//$var/$((first + k))}" >&2
+    fi
+done
+[ $failed -eq 0 ] || { echo "$0: $failed of $((last - first + 1)) jobs failed" >&2; exit 1; }

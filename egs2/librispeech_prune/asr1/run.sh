@@ -1,0 +1,281 @@
+#!/usr/bin/env bash
+# Structured pruning of a Conformer ASR model, end to end (Kaldi/ESPnet-style stages).
+#
+#   ./run.sh --dataset mini                       # embedded TTS corpus, CPU, ~20 min
+#   ./run.sh --dataset librispeech_100 --ngpu 1 --nj 16
+#   ./run.sh --stage 5 --stop_stage 8 --prune_targets "0.3 0.5 macs:0.5"
+#
+# Stages: 1 data, 2 features, 3 tokens, 4 baseline (teacher), 5 prune, 6 shrink (+ fine-tune),
+# 7 decode, 8 score and report. Every stage skips work that is already complete.
+set -euo pipefail
+
+log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (run.sh) $*" >&2; }
+banner() { log "===== Stage $1: $2 ====="; }
+
+# ---------------------------------------------------------------- options
+stage=1
+stop_stage=8
+dataset=mini              # mini | librispeech_100 | librispeech
+ngpu=0
+nj=2                      # parallel jobs for features and decoding
+conf_dir=""               # default: conf/mini for mini, conf otherwise
+train_config=""           # default: ${conf_dir}/train_asr_conformer.yaml
+prune_config=""
+finetune_config=""
+inference_config=""
+prune_targets="0.5"       # space-separated: "0.5" (params) or "params:0.5" / "macs:0.5"
+finetune=true             # fine-tune each shrunk model with distillation
+test_sets=""
+n_mels=80
+vocab_size=""
+bpe_type=unigram
+min_frames=10
+max_frames=3000
+latency_utts=10
+train_args=""             # extra arguments for every training run
+# mini corpus size
+mini_n_train=1500
+mini_n_dev=150
+mini_n_test=200
+mini_seed=0
+
+. ./path.sh
+. ./cmd.sh
+. ./db.sh
+
+while [ $# -gt 0 ]; do
+    case $1 in
+        --help|-h) sed -n '2,10p' "$0"; exit 0 ;;
+        --*=*) key=${1%%=*}; key=${key#--}; val=${1#*=}; shift ;;
+        --*) key=${1#--}; [ $# -ge 2 ] || { log "missing value for $1"; exit 1; }; val=$2; shift 2 ;;
+        *) log "unexpected argument: $1"; exit 1 ;;
+    esac
+    if ! declare -p "$key" >/dev/null 2>&1 || [[ ! $key =~ ^[a-z_0-9]+$ ]]; then
+        log "unknown option --$key"; exit 1
+    fi
+    printf -v "$key" '%s' "$val"
+done
+
+case $dataset in
+    mini)
+        train_set=train; valid_set=dev; test_sets=${test_sets:-"dev test"}
+        conf_dir=${conf_dir:-conf/mini}; vocab_size=${vocab_size:-100} ;;
+    librispeech_100)
+        train_set=train_clean_100; valid_set=dev; test_sets=${test_sets:-"dev_clean dev_other test_clean test_other"}
+        conf_dir=${conf_dir:-conf}; vocab_size=${vocab_size:-5000} ;;
+    librispeech)
+        train_set=train_960; valid_set=dev; test_sets=${test_sets:-"dev_clean dev_other test_clean test_other"}
+        conf_dir=${conf_dir:-conf}; vocab_size=${vocab_size:-5000} ;;
+    *) log "unknown --dataset $dataset (mini, librispeech_100, librispeech)"; exit 1 ;;
+esac
+train_config=${train_config:-${conf_dir}/train_asr_conformer.yaml}
+prune_config=${prune_config:-${conf_dir}/prune_asr_conformer.yaml}
+finetune_config=${finetune_config:-${conf_dir}/finetune_asr_conformer.yaml}
+inference_config=${inference_config:-${conf_dir}/decode_asr.yaml}
+for f in "$train_config" "$prune_config" "$inference_config"; do
+    [ -f "$f" ] || { log "config not found: $f"; exit 1; }
+done
+
+data=data/${dataset}
+dump=dump/${dataset}/fbank
+exp=exp/${dataset}
+token_dir=${data}/token_list/${bpe_type}${vocab_size}
+bpemodel=${token_dir}/bpe.model
+token_list=${token_dir}/tokens.txt
+train_dump=${dump}/${train_set}_filt
+baseline=${exp}/asr_baseline
+inference_tag=$(basename "${inference_config}" .yaml)
+
+# "0.5" -> params:0.5; tag "params0.5"
+parse_target() { local t=$1; [[ $t == *:* ]] || t=params:$t; echo "$t"; }
+target_tag() { local t; t=$(parse_target "$1"); echo "${t%%:*}${t#*:}"; }
+
+# is $1 newer than (or as new as) all of $2...? (missing $1 -> no)
+up_to_date() { local out=$1; shift; [ -e "$out" ] || return 1; local f; for f in "$@"; do [ "$f" -nt "$out" ] && return 1; done; return 0; }
+
+multi_gpu_args=""
+[ "$ngpu" -gt 1 ] && multi_gpu_args="--multiprocessing_distributed true"
+
+train() {  # train OUTPUT_DIR CONFIG [args...]: ESPnet training, resumable
+    local out=$1 config=$2; shift 2
+    mkdir -p "$out"
+    log "training ${out} (log: ${out}/train.log)"
+    # shellcheck disable=SC2086
+    ${train_cmd} "${out}/train.log" python -m espnet_prune.bin.asr_train \
+        --config "$config" --output_dir "$out" --ngpu "$ngpu" $multi_gpu_args --resume true \
+        --use_tensorboard false --use_matplotlib false \
+        --token_list "$token_list" --token_type bpe --bpemodel "$bpemodel" \
+        --input_size "$n_mels" --normalize global_mvn \
+        --normalize_conf "stats_file=${dump}/${train_set}/feats_stats.npz" \
+        --train_data_path_and_name_and_type "${train_dump}/feats.scp,speech,kaldi_ark" \
+        --train_data_path_and_name_and_type "${train_dump}/text,text,text" \
+        --train_shape_file "${train_dump}/feats_shape" --train_shape_file "${train_dump}/text_shape.bpe" \
+        --valid_data_path_and_name_and_type "${dump}/${valid_set}/feats.scp,speech,kaldi_ark" \
+        --valid_data_path_and_name_and_type "${dump}/${valid_set}/text,text,text" \
+        --valid_shape_file "${dump}/${valid_set}/feats_shape" --valid_shape_file "${dump}/${valid_set}/text_shape.bpe" \
+        ${train_args} "$@"
+}
+
+# ---------------------------------------------------------------- stages
+if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+    banner 1 "data preparation (${dataset})"
+    local/data.sh --dataset "$dataset" --data "$data" --nj "$nj" \
+        --mini_n_train "$mini_n_train" --mini_n_dev "$mini_n_dev" --mini_n_test "$mini_n_test" --mini_seed "$mini_seed"
+fi
+
+if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+    banner 2 "fbank features (${n_mels} mel bins) and length filtering"
+    for s in "$train_set" "$valid_set" $test_sets; do
+        if [ -f "${dump}/${s}/.done" ] && up_to_date "${dump}/${s}/.done" "${data}/${s}/wav.scp" "${data}/${s}/text"; then
+            log "${dump}/${s}: complete, skipped"; continue
+        fi
+        python -m espnet_prune.data.features extract "${data}/${s}" "${dump}/${s}" --nj "$nj" --n_mels "$n_mels"
+    done
+    if up_to_date "${train_dump}/feats.scp" "${dump}/${train_set}/.done"; then
+        log "${train_dump}: complete, skipped"
+    else
+        python -m espnet_prune.data.features filter "${dump}/${train_set}" "${train_dump}" \
+            --min_frames "$min_frames" --max_frames "$max_frames"
+    fi
+fi
+
+if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+    banner 3 "sentencepiece ${bpe_type} tokens (vocabulary ${vocab_size}) and text shapes"
+    if up_to_date "$bpemodel" "${train_dump}/text"; then
+        log "${bpemodel}: complete, skipped"
+    else
+        rm -f "$bpemodel"
+        python -m espnet_prune.recipe.tokens train --text "${train_dump}/text" --out_dir "$token_dir" \
+            --vocab_size "$vocab_size" --model_type "$bpe_type"
+    fi
+    for d in "$train_dump" "${dump}/${valid_set}"; do
+        if ! up_to_date "${d}/text_shape.bpe" "$bpemodel" "${d}/text"; then
+            python -m espnet_prune.recipe.tokens shape --bpemodel "$bpemodel" --token_list "$token_list" \
+                --text "${d}/text" --output "${d}/text_shape.bpe"
+        fi
+    done
+fi
+
+if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+    banner 4 "baseline (teacher) training: ${train_config}"
+    if up_to_date "${baseline}/final/model.pth" "$train_config" "$bpemodel"; then
+        log "${baseline}/final: complete, skipped"
+    else
+        train "$baseline" "$train_config"
+        # ESPnet averages the n-best checkpoints at the end of training
+        avg=$(ls -t "${baseline}"/valid.acc.ave.pth "${baseline}"/valid.*.ave.pth 2>/dev/null | head -n 1)
+        python -m espnet_prune.recipe.steps export --config "${baseline}/config.yaml" \
+            --model "${avg:-${baseline}/latest.pth}" --output_dir "${baseline}/final"
+    fi
+fi
+
+if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
+    banner 5 "pruning: targets ${prune_targets} (teacher ${baseline}/final)"
+    for t in $prune_targets; do
+        target=$(parse_target "$t"); tag=$(target_tag "$t"); out=${exp}/prune_${tag}
+        if up_to_date "${out}/final_gated/model.pth" "${baseline}/final/model.pth" "$prune_config"; then
+            log "${out}: complete, skipped"; continue
+        fi
+        train "$out" "$prune_config" \
+            --model_conf "teacher_config=${baseline}/final/config.yaml" \
+            --model_conf "teacher_model_file=${baseline}/final/model.pth" \
+            --model_conf "target={${target%%:*}: ${target#*:}}"
+        # the gates move until the end: keep the last epoch, not an average
+        python -m espnet_prune.recipe.steps export --config "${out}/config.yaml" \
+            --model "${out}/latest.pth" --output_dir "${out}/final_gated"
+    done
+fi
+
+if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
+    banner 6 "shrink pruned models$( [ "$finetune" = true ] && echo ' and fine-tune them with distillation')"
+    for t in $prune_targets; do
+        tag=$(target_tag "$t"); out=${exp}/prune_${tag}
+        if up_to_date "${out}/shrunk/model.pth" "${out}/final_gated/model.pth"; then
+            log "${out}/shrunk: complete, skipped"
+        else
+            python -m espnet_prune.bin.shrink --asr_train_config "${out}/final_gated/config.yaml" \
+                --asr_model_file "${out}/final_gated/model.pth" --output_dir "${out}/shrunk" \
+                | tee "${out}/shrink.json"
+        fi
+        if [ "$finetune" != true ]; then
+            python -m espnet_prune.recipe.steps export --config "${out}/shrunk/config.yaml" \
+                --model "${out}/shrunk/model.pth" --output_dir "${out}/final"
+            continue
+        fi
+        if up_to_date "${out}/final/model.pth" "${out}/shrunk/model.pth" "$finetune_config"; then
+            log "${out}/final: complete, skipped"; continue
+        fi
+        ft=${out}/finetune
+        mkdir -p "$ft"
+        python -m espnet_prune.recipe.steps finetune_config --shrunk_config "${out}/shrunk/config.yaml" \
+            --finetune_config "$finetune_config" --output "${ft}/train.yaml"
+        train "$ft" "${ft}/train.yaml" --init_param "${out}/shrunk/model.pth" \
+            --model_conf "teacher_config=${baseline}/final/config.yaml" \
+            --model_conf "teacher_model_file=${baseline}/final/model.pth"
+        avg=$(ls -t "${ft}"/valid.acc.ave.pth "${ft}"/valid.*.ave.pth 2>/dev/null | head -n 1)
+        # drop the training-only state: a plain ESPnet model with a pruned_conformer encoder
+        python -m espnet_prune.bin.shrink --asr_train_config "${ft}/config.yaml" \
+            --asr_model_file "${avg:-${ft}/latest.pth}" --output_dir "${out}/final" > "${ft}/export.json"
+    done
+fi
+
+models=("baseline=${baseline}/final")
+for t in $prune_targets; do models+=("prune_$(target_tag "$t")=${exp}/prune_$(target_tag "$t")/final"); done
+
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
+    banner 7 "decoding ${test_sets} with ${inference_config} (${nj} jobs)"
+    for m in "${models[@]}"; do
+        dir=${m#*=}
+        for s in $test_sets; do
+            dec=${dir}/${inference_tag}_${s}
+            if up_to_date "${dec}/text" "${dir}/model.pth" "$inference_config"; then
+                log "${dec}: complete, skipped"; continue
+            fi
+            rm -rf "${dec}/logdir"
+            n=$(python -m espnet_prune.recipe.steps split_scp --scp "${dump}/${s}/feats.scp" --nj "$nj" --out_dir "${dec}/logdir")
+            ${decode_cmd} JOB=1:"$n" "${dec}/logdir/decode.JOB.log" python -m espnet_prune.bin.asr_inference \
+                --ngpu 0 --batch_size 1 --config "$inference_config" \
+                --asr_train_config "${dir}/config.yaml" --asr_model_file "${dir}/model.pth" \
+                --data_path_and_name_and_type "${dec}/logdir/keys.JOB.scp,speech,kaldi_ark" \
+                --output_dir "${dec}/logdir/output.JOB"
+            parts=(); for ((j = 1; j <= n; j++)); do parts+=("${dec}/logdir/output.${j}/1best_recog/text"); done
+            python -m espnet_prune.recipe.steps merge_text --output "${dec}/text" --expect "${dump}/${s}/text" "${parts[@]}"
+            log "decoded ${dec}/text"
+        done
+    done
+fi
+
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+    banner 8 "scoring and report"
+    results=()
+    for m in "${models[@]}"; do
+        dir=${m#*=}
+        for s in $test_sets; do
+            dec=${dir}/${inference_tag}_${s}
+            results+=("${dec}/score_wer/result.txt")
+            if up_to_date "${dec}/score_wer/result.txt" "${dec}/text"; then
+                log "${dec}/score_wer: complete, skipped"; continue
+            fi
+            # per voice family for the mini corpus, per speaker otherwise
+            spk=${data}/${s}/utt2accent; [ -f "$spk" ] || spk=${dump}/${s}/utt2spk
+            python -m espnet_prune.data.scoring --ref "${dump}/${s}/text" --hyp "${dec}/text" \
+                --out_dir "${dec}/score_wer" --utt2spk "$spk" --sclite auto > /dev/null
+            log "${dec}: $(grep -m1 'Sum/Avg' "${dec}/score_wer/result.txt" || true)"
+        done
+    done
+    if up_to_date "${exp}/RESULTS.md" "${results[@]}"; then
+        log "${exp}/RESULTS.md: complete, skipped"
+    else
+        published=()
+        [ "$dataset" = librispeech_100 ] && published=(--published librispeech_100)
+        model_args=(); for m in "${models[@]}"; do model_args+=(--model "$m"); done
+        # shellcheck disable=SC2086
+        python -m espnet_prune.recipe.report "${model_args[@]}" --test_sets $test_sets \
+            --data_dir "$dump" --decode_name "$inference_tag" --inference_config "$inference_config" \
+            --latency_set "${test_sets##* }" --latency_utts "$latency_utts" --threads 1 \
+            "${published[@]}" --output "${exp}/RESULTS.md" --json "${exp}/results.json"
+    fi
+    cp "${exp}/RESULTS.md" RESULTS.md
+    cat RESULTS.md
+fi
+log "finished stages ${stage}..${stop_stage}"

@@ -1,0 +1,91 @@
+"""CI-sized smoke run of the whole recipe (run.sh stages 1-8) on a very small mini corpus.
+
+Quality is not asserted here, only that every stage produces its outputs, that a
+re-run does no work, and that bad audio stops the feature stage by name.
+"""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "egs2/librispeech_prune/asr1"
+ARGS = [
+    "--dataset", "mini", "--conf_dir", "conf/smoke", "--nj", "2", "--vocab_size", "30",
+    "--mini_n_train", "64", "--mini_n_dev", "8", "--mini_n_test", "8", "--latency_utts", "2",
+]
+
+
+def _run(work: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, MAIN_ROOT=str(REPO), OMP_NUM_THREADS="1")
+    return subprocess.run(
+        ["bash", "./run.sh", *ARGS, *extra], cwd=work, env=env, capture_output=True, text=True, timeout=1500
+    )
+
+
+def _snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory):
+    work = tmp_path_factory.mktemp("asr1")
+    for name in ("run.sh", "path.sh", "cmd.sh", "db.sh"):
+        shutil.copy(RECIPE / name, work / name)
+    shutil.copytree(RECIPE / "local", work / "local")
+    (work / "conf").symlink_to(REPO / "conf")
+    proc = _run(work)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return work, proc
+
+
+def test_every_stage_produces_its_outputs(recipe):
+    work, proc = recipe
+    for stage in range(1, 9):
+        assert f"===== Stage {stage}:" in proc.stderr
+    expected = [
+        "data/mini/train/wav.scp", "data/mini/test/text", "data/mini/test/utt2accent",
+        "dump/mini/fbank/train/feats.scp", "dump/mini/fbank/train/feats_stats.npz",
+        "dump/mini/fbank/train_filt/text_shape.bpe", "data/mini/token_list/unigram30/tokens.txt",
+        "exp/mini/asr_baseline/final/model.pth", "exp/mini/prune_params0.5/final_gated/model.pth",
+        "exp/mini/prune_params0.5/shrunk/config.yaml", "exp/mini/prune_params0.5/final/model.pth",
+    ]
+    for model in ("asr_baseline", "prune_params0.5"):
+        for s in ("dev", "test"):
+            expected += [f"exp/mini/{model}/final/decode_asr_{s}/text",
+                         f"exp/mini/{model}/final/decode_asr_{s}/score_wer/result.txt"]
+    missing = [p for p in expected if not (work / p).is_file()]
+    assert not missing, missing
+    # every test utterance is decoded
+    n_ref = len((work / "dump/mini/fbank/test/text").read_text().splitlines())
+    n_hyp = len((work / "exp/mini/prune_params0.5/final/decode_asr_test/text").read_text().splitlines())
+    assert n_ref == n_hyp == 8
+    results = (work / "RESULTS.md").read_text()
+    assert "baseline" in results and "prune_params0.5" in results
+    # the final pruned model is a plain ESPnet model with a pruned encoder
+    config = (work / "exp/mini/prune_params0.5/final/config.yaml").read_text()
+    assert "encoder: pruned_conformer" in config and "prune_espnet" not in config
+
+
+def test_rerun_does_no_work(recipe):
+    work, _ = recipe
+    before = _snapshot(work / "exp")
+    proc = _run(work)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "training " not in proc.stderr
+    assert _snapshot(work / "exp") == before
+
+
+def test_corrupt_audio_stops_feature_stage_by_name(recipe):
+    work, _ = recipe
+    wav_scp = (work / "data/mini/test/wav.scp").read_text().splitlines()
+    utt, path = wav_scp[0].split(maxsplit=1)
+    Path(path if os.path.isabs(path) else work / path).write_bytes(b"RIFF garbage")
+    (work / "dump/mini/fbank/test/.done").unlink()
+    proc = _run(work, "--stage", "2", "--stop_stage", "2")
+    assert proc.returncode != 0
+    assert utt in proc.stderr
+    assert not (work / "dump/mini/fbank/test/.done").exists()

@@ -1,0 +1,230 @@
+"""The recipe's results table (espnet_prune.recipe.report) on two tiny feature-input models."""
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from conftest import TINY_CONF
+from espnet_prune.data.scoring import score_files
+from espnet_prune.model_io import save_asr_model
+from espnet_prune.recipe import report
+
+VOCAB = ["<blank>", "<unk>", "A", "B", "C", "D", "E", " ", "<sos/eos>"]
+PRUNED_BLOCKS = [
+    {"heads": 2, "ffn1_units": 20, "ffn2_units": 48, "conv_channels": 16},
+    {"heads": 0, "ffn1_units": 0, "ffn2_units": 10, "conv_channels": 0},
+    {"heads": 4, "ffn1_units": 48, "ffn2_units": 30, "conv_channels": 32},
+]
+SETS = ["dev_clean", "test"]
+
+# Transcripts with hand-counted errors: model -> set -> (refs, hyps).
+REFS = {"dev_clean": {"s1-u1": "A B C D", "s1-u2": "E A B C"}, "test": {"s2-u1": "A B C"}}
+HYPS = {
+    "baseline": {"dev_clean": {"s1-u1": "A B C D", "s1-u2": "E A X C"},  # 1 sub / 8
+                 "test": {"s2-u1": "A C"}},  # 1 del / 3
+    "pruned": {"dev_clean": {"s1-u1": "A B D", "s1-u2": "E A B C Y"},  # 1 del + 1 ins / 8
+               "test": {"s2-u1": "X Y C"}},  # 2 sub / 3
+}
+#: WER cells as sclite prints them (one decimal, halves up)
+EXPECTED_WER = {"baseline": {"dev_clean": "12.5", "test": "33.3"},
+                "pruned": {"dev_clean": "25.0", "test": "66.7"}}
+
+
+def _config(path: Path, encoder: str, encoder_conf) -> Path:
+    conf = {
+        "input_size": 20,  # features in, no frontend
+        "encoder": encoder,
+        "encoder_conf": encoder_conf,
+        "decoder": "transformer",
+        "decoder_conf": {"attention_heads": 2, "linear_units": 32, "num_blocks": 1,
+                         "dropout_rate": 0.0, "positional_dropout_rate": 0.0,
+                         "self_attention_dropout_rate": 0.0, "src_attention_dropout_rate": 0.0},
+        "model_conf": {"ctc_weight": 0.3},
+        "normalize": None,
+        "token_list": VOCAB,
+        "token_type": "char",
+        "bpemodel": None,
+        "init": None,
+    }
+    path.write_text(yaml.safe_dump(conf))
+    return path
+
+
+def _write_text(path: Path, texts) -> Path:
+    path.write_text("".join(f"{u} {t}\n" for u, t in texts.items()))
+    return path
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import espnet_prune
+    from espnet2.tasks.asr import ASRTask
+
+    espnet_prune.register()
+    root = tmp_path_factory.mktemp("report")
+    confs = {"baseline": ("conformer", dict(TINY_CONF)),
+             "pruned": ("pruned_conformer", dict(TINY_CONF, block_structures=PRUNED_BLOCKS))}
+    models, dirs = {}, {}
+    torch.manual_seed(0)
+    for name, (enc, enc_conf) in confs.items():
+        cfg = _config(root / f"{name}.yaml", enc, enc_conf)
+        args = ASRTask.get_parser().parse_args(["--config", str(cfg), "--output_dir", "unused"])
+        model = ASRTask.build_model(args)
+        assert model.frontend is None
+        dirs[name] = root / "exp" / name
+        save_asr_model(dirs[name], model, args)
+        models[name] = model
+        for s in SETS:
+            txt = root / "txt" / name / s
+            txt.mkdir(parents=True)
+            score_files(_write_text(txt / "ref", REFS[s]), _write_text(txt / "hyp", HYPS[name][s]),
+                        dirs[name] / f"decode_asr_{s}" / "score_wer")
+    # features of the timing set: 3 utterances, 20-dim fbank-like values
+    feat_dir = root / "dump" / "test"
+    feat_dir.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    lens = {"s2-u1": 40, "s2-u2": 65, "s2-u3": 90, "s2-u4": 30}
+    with kaldiio.WriteHelper(f"ark,scp:{feat_dir / 'feats.ark'},{feat_dir / 'feats.scp'}") as w:
+        for utt, t in lens.items():
+            w(utt, rng.standard_normal((t, 20)).astype(np.float32))
+    (feat_dir / "utt2num_frames").write_text("".join(f"{u} {t}\n" for u, t in lens.items()))
+    dec = root / "decode.yaml"
+    dec.write_text(yaml.safe_dump({"beam_size": 2, "ctc_weight": 0.3, "lm_weight": 0.0,
+                                   "maxlenratio": 0.0, "minlenratio": 0.0, "nbest": 1,
+                                   "ngpu": 0}))
+    return {"root": root, "models": models, "dirs": dirs, "decode": dec, "lens": lens}
+
+
+def _argv(s, out: Path, *extra):
+    return ["--model", f"baseline={s['dirs']['baseline']}", "--model", f"pruned={s['dirs']['pruned']}",
+            "--test_sets", *SETS, "--data_dir", str(s["root"] / "dump"),
+            "--decode_name", "decode_asr", "--inference_config", str(s["decode"]),
+            "--frames_per_second", "100", "--output", str(out / "RESULTS.md"),
+            "--json", str(out / "results.json"), *extra]
+
+
+def _summary_rows(md: str):
+    lines = md.split("## Summary", 1)[1].split("\n## ", 1)[0].splitlines()
+    table = [ln for ln in lines if ln.startswith("|")]
+    head = [c.strip() for c in table[0].strip("|").split("|")]
+    return head, {r[0]: dict(zip(head, r)) for r in
+                  ([c.strip() for c in ln.strip("|").split("|")] for ln in table[2:])}
+
+
+def test_report_against_independent_references(setup, tmp_path):
+    from espnet_prune.bin.profile import count_encoder_macs
+    from espnet_prune.cost import structure_cost
+    from espnet_prune.structure import BlockStructure, ConformerDims
+
+    s = setup
+    threads_before = torch.get_num_threads()
+    rep = report.main(_argv(s, tmp_path, "--latency_set", "test", "--latency_utts", "3",
+                            "--latency_repeats", "2", "--decode_repeats", "1", "--threads", "1"))
+    assert torch.get_num_threads() == threads_before
+    md = (tmp_path / "RESULTS.md").read_text()
+    js = json.loads((tmp_path / "results.json").read_text())
+    assert js == json.loads(json.dumps(rep))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["RESULTS.md", "results.json"]
+
+    head, rows = _summary_rows(md)
+    assert head == ["model", "WER dev_clean", "WER test", "params (M)", "params ratio",
+                    "enc params (M)", "enc MACs@10s (G)", "MACs ratio", "enc latency ratio",
+                    "decode RTF", "RTF ratio"]
+    assert list(rows) == ["baseline", "pruned"]  # no published row without --published
+    assert "published" not in js and "not reproduced" not in md
+
+    # WER: hand-counted errors of the transcripts scored into result.txt
+    for name in ("baseline", "pruned"):
+        for st in SETS:
+            assert rows[name][f"WER {st}"] == EXPECTED_WER[name][st]
+    assert "|decode_asr_dev_clean|2|8|87.5|12.5|0.0|0.0|12.5|50.0|" in md
+    assert "|decode_asr_test|1|3|66.7|0.0|33.3|0.0|33.3|100.0|" in md  # baseline
+    assert "|decode_asr_dev_clean|2|8|87.5|0.0|12.5|12.5|25.0|100.0|" in md  # pruned
+    assert js["models"][1]["wer"]["dev_clean"]["counts"]["Ins"] == 1
+
+    # params: numel of the models that were saved
+    numel = {n: sum(p.numel() for p in m.parameters()) for n, m in s["models"].items()}
+    enc_numel = {n: sum(p.numel() for p in m.encoder.parameters()) for n, m in s["models"].items()}
+    by = {m["name"]: m for m in js["models"]}
+    assert numel["pruned"] < numel["baseline"]
+    assert by["pruned"]["params"]["total"] == numel["pruned"]
+    assert by["pruned"]["params"]["encoder"] == enc_numel["pruned"]
+    ratio = numel["pruned"] / numel["baseline"]
+    assert by["pruned"]["params_ratio"] == pytest.approx(ratio, rel=1e-12)
+    assert rows["pruned"]["params ratio"] == f"{ratio:.3f}"
+    assert rows["baseline"]["params ratio"] == "1.000"
+    assert by["pruned"]["sparsity"]["params_whole_model"] == pytest.approx(1 - ratio)
+
+    # MACs: the cost model, and torch's FLOP counter on the real encoders
+    dims = ConformerDims.from_encoder_conf(20, TINY_CONF)
+    pruned_structure = [BlockStructure.from_dict(b) for b in PRUNED_BLOCKS]
+    macs = {"baseline": structure_cost(dims, dims.dense_structure(), 10.0, 100.0)["macs"],
+            "pruned": structure_cost(dims, pruned_structure, 10.0, 100.0)["macs"]}
+    for name in macs:
+        assert by[name]["encoder_macs"] == macs[name]
+        assert by[name]["encoder_macs"] == count_encoder_macs(s["models"][name].encoder, 20, 1000)
+    assert rows["pruned"]["MACs ratio"] == f"{macs['pruned'] / macs['baseline']:.3f}"
+    assert rows["pruned"]["enc MACs@10s (G)"] == f"{macs['pruned'] / 1e9:.3f}"
+    assert by["pruned"]["sparsity"]["macs_encoder"] == pytest.approx(1 - macs["pruned"] / macs["baseline"])
+
+    # timing: first 3 utterances of the set, positive finite ratios, reference ratio 1
+    assert js["timing"]["utterances"] == ["s2-u1", "s2-u2", "s2-u3"]
+    assert js["timing"]["audio_seconds"] == pytest.approx((40 + 65 + 90) / 100)
+    for name in ("baseline", "pruned"):
+        lat, dec = by[name]["encoder_latency"], by[name]["decode"]
+        for v in (lat["ratio"], lat["ratio_median_utt"], dec["ratio"], dec["rtf"], lat["total_s"]):
+            assert v > 0 and math.isfinite(v)
+        assert dec["rtf"] == pytest.approx(dec["total_s"] / js["timing"]["audio_seconds"])
+        for col in ("enc latency ratio", "decode RTF", "RTF ratio"):
+            assert 0 < float(rows[name][col]) < math.inf
+    assert by["baseline"]["encoder_latency"]["ratio"] == 1.0
+    assert by["baseline"]["decode"]["ratio"] == 1.0
+    assert js["settings"]["inference_options"]["beam_size"] == 2
+    assert js["settings"]["inference_options_ignored"] == ["ngpu"]
+
+    # header: environment and the exact command
+    assert f"pytorch {torch.__version__}" in md
+    assert "--latency_repeats 2" in js["command"] and js["command"] in md
+    assert md.rstrip().endswith("|decode_asr_test|1|3|33.3|66.7|0.0|0.0|66.7|100.0|")
+
+
+def test_published_rows_only_when_asked(setup, tmp_path):
+    rep = report.main(_argv(setup, tmp_path, "--latency_utts", "0", "--published", "librispeech_100"))
+    md = (tmp_path / "RESULTS.md").read_text()
+    head, rows = _summary_rows(md)
+    pub = [r for n, r in rows.items() if "published, not reproduced here" in n]
+    assert len(pub) == 1 and len(rows) == 3
+    assert pub[0]["WER dev_clean"] == "6.3"  # mapped by set name
+    assert pub[0]["WER test"] == "-"  # no published number for a set named 'test'
+    assert all(pub[0][c] == "-" for c in head[3:])
+    assert rep["published"]["matched_sets"] == ["dev_clean"]
+    # no timing asked: no ratios invented
+    assert rows["pruned"]["enc latency ratio"] == "-" and rows["pruned"]["decode RTF"] == "-"
+
+
+def test_bad_inputs_name_the_path(setup, tmp_path):
+    s = setup
+    out = tmp_path / "out"
+    # the baseline has its results under decode_partial_*, the pruned model has none
+    for st in SETS:
+        shutil.copytree(s["dirs"]["baseline"] / f"decode_asr_{st}",
+                        s["dirs"]["baseline"] / f"decode_partial_{st}", dirs_exist_ok=True)
+    missing = s["dirs"]["pruned"] / "decode_partial_dev_clean" / "score_wer" / "result.txt"
+    with pytest.raises(report.ReportError, match=re.escape(str(missing))):
+        report.main(_argv(s, out, "--decode_name", "decode_partial", "--latency_utts", "0"))
+    feats = tmp_path / "nodump" / "test" / "feats.scp"
+    with pytest.raises(report.ReportError, match=re.escape(str(feats))):
+        report.main(_argv(s, out, "--data_dir", str(tmp_path / "nodump")))
+    argv = _argv(s, out, "--latency_utts", "0")
+    argv[3] = f"pruned={tmp_path / 'no_such_model'}"
+    with pytest.raises(report.ReportError, match=re.escape(str(tmp_path / "no_such_model"))):
+        report.main(argv)
+    assert not out.exists()  # nothing written on error

@@ -18,9 +18,9 @@ $(STAMP): setup.py
 test: $(STAMP)
 	NLTK_DATA=$(CURDIR)/$(VENV)/nltk_data $(PY) -m pytest -q tests
 
+# The whole recipe on the embedded mini corpus (CPU, about 20 minutes on 2 cores).
 demo: $(STAMP)
-	@echo "make demo arrives with the recipe (egs2/librispeech_prune/asr1/run.sh --dataset mini); not available yet." >&2
-	@exit 2
+	cd egs2/librispeech_prune/asr1 && ./run.sh --dataset mini
 
 clean-venv:
 	rm -rf $(VENV)

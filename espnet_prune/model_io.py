@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import torch
 import yaml
+
+from espnet_prune.fileio import atomic_write_bytes
 
 PathLike = Union[str, os.PathLike]
 
@@ -61,21 +62,6 @@ def build_asr_model(
             state = {k: v for k, v in state.items() if not k.startswith(drop_prefixes)}
         load_strict(model, state, what=str(path))
     return model.to(device), args
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temp file + rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_asr_model(

@@ -1,6 +1,5 @@
 """The prune_espnet model and task: teacher handling, loss terms, optimizers, config errors."""
 
-import argparse
 
 import pytest
 import torch

@@ -44,6 +44,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from espnet_prune.fileio import read_marker
 from espnet_prune.data.kaldi_dir import (
     KaldiDataDirError,
     atomic_write_text,
@@ -275,12 +276,8 @@ def _done_record(cfg: FbankConfig, src: Path) -> Dict[str, object]:
 
 
 def is_complete(out_dir: PathLike, cfg: FbankConfig, src: PathLike) -> bool:
-    marker = Path(out_dir) / ".done"
-    if not marker.is_file():
-        return False
-    try:
-        rec = json.loads(marker.read_text())
-    except json.JSONDecodeError:
+    rec = read_marker(out_dir)
+    if rec is None:
         return False
     want = _done_record(cfg, Path(src).resolve())
     return all(rec.get(k) == v for k, v in want.items())

@@ -26,22 +26,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Union
 
+from espnet_prune.fileio import atomic_write_text
+
 PathLike = Union[str, "os.PathLike[str]"]
 
-
-def _file_mode() -> int:
-    """Permissions a plain ``open(..., "w")`` would give (0o666 minus the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-_MODE = _file_mode()
 
 REQUIRED_FILES = ("wav.scp", "text", "utt2spk")
 # files whose keys are utterance ids (besides any ``utt2*``)
@@ -59,51 +51,6 @@ class KaldiDataDirError(ValueError):
 
 
 # --------------------------------------------------------------------------- I/O helpers
-
-
-def atomic_write_text(path: PathLike, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically.
-
-    The data goes to a temporary file in the same directory, is flushed and fsync'ed, and
-    then renamed over ``path`` with :func:`os.replace`, so readers see either the old or
-    the new complete file, never a partial one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _MODE)
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-
-
-def atomic_write_bytes(path: PathLike, data: bytes) -> None:
-    """Binary counterpart of :func:`atomic_write_text`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.fchmod(fd, _MODE)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def read_kaldi_map(path: PathLike, allow_empty_value: bool = False) -> Dict[str, str]:

@@ -62,6 +62,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from espnet_prune.fileio import read_marker
 from espnet_prune.data.kaldi_dir import (
     KaldiDataDir,
     atomic_write_text,
@@ -677,12 +678,8 @@ def _config_record(cfg: CorpusConfig, synth) -> Dict[str, object]:
 
 def is_complete(out_dir: Path, cfg: CorpusConfig) -> bool:
     """True when ``out_dir`` holds a finished corpus made with exactly ``cfg``."""
-    marker = Path(out_dir) / ".done"
-    if not marker.is_file():
-        return False
-    try:
-        rec = json.loads(marker.read_text())
-    except json.JSONDecodeError:
+    rec = read_marker(out_dir)
+    if rec is None:
         return False
     return rec.get("config") == asdict(cfg) and rec.get("corpus_version") == CORPUS_VERSION
 

@@ -53,6 +53,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from espnet_prune.fileio import atomic_write_text
+
 #: Published results (reference rows, not reproduced here).
 PUBLISHED: Dict[str, Dict[str, Any]] = {
     "librispeech_100": {
@@ -622,12 +624,6 @@ def format_markdown(r: Dict[str, Any]) -> str:
     return "\n".join(L)
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-    from espnet_prune.model_io import atomic_write_bytes
-
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = get_parser().parse_args(argv)
@@ -635,8 +631,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     report = build_report(a, command)
     md = format_markdown(report)
     if a.json:
-        _atomic_write_text(a.json, json.dumps(report, indent=1) + "\n")
-    _atomic_write_text(a.output, md)
+        atomic_write_text(a.json, json.dumps(report, indent=1) + "\n")
+    atomic_write_text(a.output, md)
     return report
 
 

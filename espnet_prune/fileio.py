@@ -1,0 +1,63 @@
+"""Atomic file writes and completion markers shared by every stage of the recipe.
+
+A file is written to a temporary name in its directory, flushed, fsync'ed and
+renamed over the target, so a reader (or a restarted stage) sees the old file or
+the new complete one, never a partial one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Optional, Union
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def _file_mode() -> int:
+    """Permissions a plain ``open(..., "w")`` would give (0o666 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _file_mode()
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temp file + rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.fchmod(fd, _MODE)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8, ``\\n`` newlines) to ``path`` atomically."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_marker(directory: PathLike, name: str = ".done") -> Optional[dict]:
+    """The JSON record of a completion marker, or None when absent or unreadable."""
+    marker = Path(directory) / name
+    if not marker.is_file():
+        return None
+    try:
+        record = json.loads(marker.read_text())
+    except json.JSONDecodeError:
+        return None
+    return record if isinstance(record, dict) else None

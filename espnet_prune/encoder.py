@@ -67,12 +67,7 @@ class GatedConformerBlock(ConformerBlock):
             return unit, whole
         if not has_units:
             return None, (self.gates[name]()[0] if has_whole else None)
-        gate = self.gates[unit_gate]
-        with torch.no_grad():
-            expected = gate.keep_prob().sum()
-            if has_whole:
-                expected = expected * self.gates[name].keep_prob()[0]
-        unit = gate.deterministic(int(round(float(expected))))
+        unit = self.gates[unit_gate].deterministic(self.eval_unit_count(name))
         whole = self.gates[name].open_median()[0] if has_whole else None
         return unit, whole
 
@@ -141,11 +136,21 @@ class GatedConformerBlock(ConformerBlock):
         finally:
             self.train(was_training)
 
+    @torch.no_grad()
+    def eval_unit_count(self, name: str) -> int:
+        """Units module ``name`` keeps in eval mode (what :meth:`module_masks` keeps), 0 if removed."""
+        module = self.module(name)
+        if module is None:
+            return 0
+        unit_gate = MODULES[name][0]
+        p_whole = float(self.gates[name].keep_prob()[0]) if name in self.gates else 1.0
+        if unit_gate in self.gates:  # every kept unit has a positive open median
+            return int(round(float(self.gates[unit_gate].keep_prob().sum()) * p_whole))
+        return unit_count(module) if round(p_whole) >= 1 else 0
+
     def structure(self) -> BlockStructure:
-        """Deterministic (eval-mode) structure of this block."""
-        kept = self.kept_units()
-        sizes = {MODULES[name][0]: len(kept[name][0]) if name in kept else 0 for name in MODULES}
-        return BlockStructure(**sizes)
+        """Deterministic (eval-mode) structure of this block, from the gate probabilities."""
+        return BlockStructure(**{unit: self.eval_unit_count(name) for name, (unit, _) in MODULES.items()})
 
 
 def _output_attr(module: torch.nn.Module) -> str:

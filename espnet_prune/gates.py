@@ -142,10 +142,12 @@ class HardConcreteGate(torch.nn.Module):
         c = self.config
         s_open = -c.limit_l / (c.limit_r - c.limit_l)  # s above this gives z > 0
         logit_s_open = math.log(s_open / (1.0 - s_open))
-        u_open = torch.sigmoid(c.temperature * logit_s_open - self.log_alpha)
+        la = self.log_alpha.double()  # u_open is within 1e-13 of 1 for very closed gates
+        u_open = torch.sigmoid(c.temperature * logit_s_open - la)
         u_mid = (1.0 + u_open) / 2.0
-        s = torch.sigmoid((torch.logit(u_mid) + self.log_alpha) / c.temperature)
-        return (s * (c.limit_r - c.limit_l) + c.limit_l).clamp(0.0, 1.0)
+        s = torch.sigmoid((torch.logit(u_mid) + la) / c.temperature)
+        z = (s * (c.limit_r - c.limit_l) + c.limit_l).clamp(0.0, 1.0)
+        return z.to(self.log_alpha.dtype)
 
     def forward(self) -> torch.Tensor:
         return self.sample() if self.training else self.deterministic()

@@ -20,7 +20,8 @@ from typing import List, Optional, Sequence
 
 import yaml
 
-from espnet_prune.data.kaldi_dir import atomic_write_text, read_data_dir, read_kaldi_map, write_data_dir
+from espnet_prune.data.kaldi_dir import read_data_dir, read_kaldi_map, write_data_dir
+from espnet_prune.fileio import _MODE, atomic_write_text
 
 
 def combine(dst: Path, srcs: Sequence[Path]) -> None:
@@ -95,6 +96,7 @@ def export(config: Path, model: Path, output_dir: Path) -> None:
         fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=f".{name}.")
         os.close(fd)
         shutil.copyfile(Path(src).resolve(), tmp)
+        os.chmod(tmp, _MODE)
         os.replace(tmp, output_dir / name)
 
 

@@ -233,7 +233,9 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
             fi
             rm -rf "${dec}/logdir"
             n=$(python -m espnet_prune.recipe.steps split_scp --scp "${dump}/${s}/feats.scp" --nj "$nj" --out_dir "${dec}/logdir")
-            ${decode_cmd} JOB=1:"$n" "${dec}/logdir/decode.JOB.log" python -m espnet_prune.bin.asr_inference \
+            # one thread per job unless cores are left over: oversubscribed OpenMP is many times slower
+            ${decode_cmd} JOB=1:"$n" "${dec}/logdir/decode.JOB.log" \
+                env OMP_NUM_THREADS=$(( $(nproc) / n > 0 ? $(nproc) / n : 1 )) python -m espnet_prune.bin.asr_inference \
                 --ngpu 0 --batch_size 1 --config "$inference_config" \
                 --asr_train_config "${dir}/config.yaml" --asr_model_file "${dir}/model.pth" \
                 --data_path_and_name_and_type "${dec}/logdir/keys.JOB.scp,speech,kaldi_ark" \

@@ -132,7 +132,8 @@ def test_shrink_command_writes_a_self_describing_model(tmp_path, capsys):
         b, _ = rebuilt.encode(speech, torch.tensor([12000]))
     assert (a - b).abs().max() <= 1e-4
     # no temp files left behind
-    assert sorted(p.name for p in (tmp_path / "shrunk").iterdir()) == ["config.yaml", "model.pth"]
+    assert sorted(p.name for p in (tmp_path / "shrunk").iterdir()) == ["config.yaml", "model.pth", "summary.json"]
+    assert json.loads((tmp_path / "shrunk/summary.json").read_text()) == printed
 
 
 def test_loading_checks_keys(tmp_path):

@@ -7,7 +7,8 @@ shrunk encoder) as a plain ESPnet model: training-only state is dropped.
         --asr_model_file exp/prune/valid.acc.ave.pth --output_dir exp/prune/shrunk
 
 writes ``OUTPUT_DIR/config.yaml`` and ``OUTPUT_DIR/model.pth`` (atomically), then
-rebuilds the model from them with every key matched, and prints a JSON summary.
+rebuilds the model from them with every key matched, and prints a JSON summary
+(also written to ``OUTPUT_DIR/summary.json``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 from pathlib import Path
 from typing import List, Optional
 
+from espnet_prune.fileio import atomic_write_text
 from espnet_prune.model_io import build_asr_model, param_breakdown, save_asr_model
 
 
@@ -61,7 +63,9 @@ def main(cmd: Optional[List[str]] = None) -> dict:
         "encoder_macs_sparsity": float(sparsity(pruned["macs"], dense["macs"])),
         "block_structures": [s.to_dict() for s in rebuilt.encoder.structure()],
     }
-    print(json.dumps(summary, indent=1))
+    text = json.dumps(summary, indent=1)
+    atomic_write_text(out / "summary.json", text + "\n")
+    print(text)
     return summary
 
 

@@ -194,8 +194,8 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
             log "${out}/shrunk: complete, skipped"
         else
             python -m espnet_prune.bin.shrink --asr_train_config "${out}/final_gated/config.yaml" \
-                --asr_model_file "${out}/final_gated/model.pth" --output_dir "${out}/shrunk" \
-                | tee "${out}/shrink.json"
+                --asr_model_file "${out}/final_gated/model.pth" --output_dir "${out}/shrunk" > /dev/null
+            log "${out}/shrunk: $(grep -E '"(params_shrunk_model|block_params_sparsity|encoder_macs_sparsity)"' "${out}/shrunk/summary.json" | tr -d '\n ')"
         fi
         if [ "$finetune" != true ]; then
             python -m espnet_prune.recipe.steps export --config "${out}/shrunk/config.yaml" \
@@ -215,7 +215,7 @@ if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
         avg=$(ls -t "${ft}"/valid.acc.ave.pth "${ft}"/valid.*.ave.pth 2>/dev/null | head -n 1)
         # drop the training-only state: a plain ESPnet model with a pruned_conformer encoder
         python -m espnet_prune.bin.shrink --asr_train_config "${ft}/config.yaml" \
-            --asr_model_file "${avg:-${ft}/latest.pth}" --output_dir "${out}/final" > "${ft}/export.json"
+            --asr_model_file "${avg:-${ft}/latest.pth}" --output_dir "${out}/final" > /dev/null
     done
 fi
 

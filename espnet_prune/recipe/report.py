@@ -430,7 +430,7 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
         timing_info["audio_seconds"] = float(sum(audio_s))
         timing_info["loadavg_before"] = _loadavg()
         if timing:
-            feats = [torch.from_numpy(m) for _, m in utts]
+            feats = [torch.from_numpy(np.array(m)) for _, m in utts]  # kaldiio gives read-only arrays
 
             def encoder_fn(model):
                 def run(x):

@@ -84,9 +84,14 @@ def randomize_batchnorm(module: torch.nn.Module, seed: int) -> None:
 
 
 def write_asr_config(
-    path: Path, encoder: str, encoder_conf: Dict[str, Any], vocab: Optional[list] = None
+    path: Path,
+    encoder: str,
+    encoder_conf: Dict[str, Any],
+    vocab: Optional[list] = None,
+    input_size: Optional[int] = None,
 ) -> Path:
-    """A tiny ESPnet ASR training config (raw 16 kHz audio, 20 mel bins, char tokens)."""
+    """A tiny ESPnet ASR training config with char tokens: raw 16 kHz audio through a
+    20-mel frontend, or, with ``input_size``, precomputed features and no frontend."""
     vocab = vocab or ["<blank>", "<unk>", "A", "B", "C", "D", "E", " ", "<sos/eos>"]
     conf = {
         "encoder": encoder,
@@ -103,6 +108,9 @@ def write_asr_config(
         "bpemodel": None,
         "init": None,
     }
+    if input_size is not None:
+        conf["input_size"] = input_size
+        del conf["frontend_conf"]
     path.write_text(yaml.safe_dump(conf))
     return path
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY_CONF
+from conftest import TINY_CONF, write_asr_config
 from espnet_prune.data.scoring import score_files
 from espnet_prune.model_io import save_asr_model
 from espnet_prune.recipe import report
@@ -39,23 +39,7 @@ EXPECTED_WER = {"baseline": {"dev_clean": "12.5", "test": "33.3"},
 
 
 def _config(path: Path, encoder: str, encoder_conf) -> Path:
-    conf = {
-        "input_size": 20,  # features in, no frontend
-        "encoder": encoder,
-        "encoder_conf": encoder_conf,
-        "decoder": "transformer",
-        "decoder_conf": {"attention_heads": 2, "linear_units": 32, "num_blocks": 1,
-                         "dropout_rate": 0.0, "positional_dropout_rate": 0.0,
-                         "self_attention_dropout_rate": 0.0, "src_attention_dropout_rate": 0.0},
-        "model_conf": {"ctc_weight": 0.3},
-        "normalize": None,
-        "token_list": VOCAB,
-        "token_type": "char",
-        "bpemodel": None,
-        "init": None,
-    }
-    path.write_text(yaml.safe_dump(conf))
-    return path
+    return write_asr_config(path, encoder, encoder_conf, vocab=VOCAB, input_size=20)
 
 
 def _write_text(path: Path, texts) -> Path:

@@ -390,13 +390,15 @@ def resize_block(block: ConformerBlock, sizes: Dict[str, int]) -> None:
             setattr(block, attr, subset_module(module, torch.arange(n)))
 
 
-_NORMS = {"ffn1": "norm_ff_macaron", "mha": "norm_mha", "conv": "norm_conv", "ffn2": "norm_ff"}
+#: Pre-norm of each module; a block also has ``norm_final`` when the dense block has conv.
+MODULE_NORMS = {"ffn1": "norm_ff_macaron", "mha": "norm_mha", "conv": "norm_conv", "ffn2": "norm_ff"}
+NORMS = (*MODULE_NORMS.values(), "norm_final")
 
 
 def remove_module(block: ConformerBlock, name: str) -> None:
     """Drop module ``name`` and its pre-norm from ``block``."""
     setattr(block, MODULES[name][1], None)
-    norm = _NORMS[name]
+    norm = MODULE_NORMS[name]
     if norm in block._modules:
         del block._modules[norm]
 

@@ -40,12 +40,6 @@ Tensor = torch.Tensor
 
 #: target key -> cost-model entry it constrains.
 TARGET_COSTS = {"params": "block_params", "macs": "block_macs"}
-#: model_conf keys of this model on top of ESPnetASRModel's.
-PRUNE_KEYS = (
-    "teacher_config", "teacher_model_file", "target", "target_warmup_steps",
-    "asr_weight", "pred_weight", "layer_weight", "temperature", "distill_layers",
-    "layer_mapping", "cost_seconds", "cost_frames_per_second",
-)
 
 
 def parse_target(target: Any) -> Tuple[str, float]:

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, Tuple
 
 import torch
 
-from espnet_prune.blocks import ConformerBlock, block_sizes, subset_module
+from espnet_prune.blocks import NORMS, ConformerBlock, block_sizes, subset_module
 from espnet_prune.encoder import GatedConformerBlock, GatedConformerEncoder
 from espnet_prune.pruned_encoder import PrunedConformerEncoder, pruned_encoder_conf
 from espnet_prune.structure import MODULES, BlockStructure
-
-_NORMS = ("norm_ff_macaron", "norm_mha", "norm_conv", "norm_ff", "norm_final")
 
 
 def shrink_block(block: GatedConformerBlock) -> ConformerBlock:
@@ -45,7 +43,7 @@ def shrink_block(block: GatedConformerBlock) -> ConformerBlock:
         ff_scale=block.ff_scale,
         final_norm=block.final_norm,
     )
-    for norm in _NORMS:
+    for norm in NORMS:
         if norm in new._modules:
             getattr(new, norm).load_state_dict(getattr(block, norm).state_dict())
     return new.to(next(block.parameters()).device).train(block.training)
@@ -119,6 +117,3 @@ def shrink_asr_model(
     args.encoder_conf = conf
     return model.train(was_training), args
 
-
-def structure_summary(structure: List[BlockStructure]) -> List[Dict[str, int]]:
-    return [s.to_dict() for s in structure]

@@ -88,6 +88,35 @@ def _module_macs(dims: ConformerDims, name: str, t: int) -> int:
     raise KeyError(name)
 
 
+#: Cost kinds that a pruning target can name, per scope (DESIGN 2.2).
+BLOCK_COST_KINDS = ("block_params", "block_macs")
+
+
+def module_unit_cost(dims: ConformerDims, name: str, kind: str, t: int) -> Tuple[int, int]:
+    """(cost of one kept unit, cost present with the module whatever its size) of
+    module ``name`` in cost ``kind`` (:data:`BLOCK_COST_KINDS`), at ``t`` frames
+    after subsampling (MACs only)."""
+    if kind == "block_params":
+        return _module_params(dims, name)
+    if kind == "block_macs":
+        return _module_macs(dims, name, t), 0
+    raise ValueError(f"unknown cost kind {kind!r}; choose from {list(BLOCK_COST_KINDS)}")
+
+
+def block_constant_cost(dims: ConformerDims, kind: str) -> int:
+    """Cost of a block that no gate can remove (``norm_final``'s params)."""
+    if kind == "block_params":
+        return 2 * dims.output_size if dims.use_cnn_module else 0
+    if kind == "block_macs":
+        return 0
+    raise ValueError(f"unknown cost kind {kind!r}; choose from {list(BLOCK_COST_KINDS)}")
+
+
+def frames_after_frontend(dims: ConformerDims, seconds: float, frames_per_second: float) -> int:
+    """Frames entering the blocks for ``seconds`` of audio."""
+    return frontend_cost(dims, int(round(seconds * frames_per_second)))[2]
+
+
 def block_params(dims: ConformerDims, counts: Mapping[str, ModuleCounts]) -> Number:
     """Parameters of one block (modules, their norms, and ``norm_final``)."""
     total: Number = 2 * dims.output_size if dims.use_cnn_module else 0

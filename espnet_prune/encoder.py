@@ -16,13 +16,21 @@ hard-concrete gates on heads, FFN units, conv channels and whole modules
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 
 from espnet_prune.blocks import ConformerBlock, as_masked_input, output_layer, unit_count
-from espnet_prune.cost import ModuleCounts, encoder_cost
+from espnet_prune.budget import UnitGroup, select_units
+from espnet_prune.cost import (
+    BLOCK_COST_KINDS,
+    ModuleCounts,
+    block_constant_cost,
+    encoder_cost,
+    frames_after_frontend,
+    module_unit_cost,
+)
 from espnet_prune.gates import GateConfig, HardConcreteGate
 from espnet_prune.structure import GRANULARITIES, MODULES, BlockStructure, ConformerDims
 
@@ -49,15 +57,17 @@ class GatedConformerBlock(ConformerBlock):
             if unit_gate in granularities:
                 self.gates[unit_gate] = HardConcreteGate(unit_count(module), config)
 
+    #: Eval-mode decision of the encoder's exact-target rule: module name ->
+    #: kept unit indices (set by :meth:`GatedConformerEncoder.forward`).
+    eval_keep: Optional[Dict[str, Tensor]] = None
+
     def module_masks(self, name: str) -> tuple:
         """(unit mask (n,) or None, module mask () or None) of module ``name``.
 
-        Sampled in train mode. In eval mode deterministic: a module with unit
-        gates keeps ``round(P(module) * sum P(unit))`` units, its expected unit
-        count, at their open medians, scaled by the module gate's open median (a
-        count of 0 removes the module); a module with only a module gate is kept
-        iff ``P(module) >= 0.5``. So the eval structure costs what the expected
-        cost says, up to rounding.
+        Sampled in train mode. In eval mode deterministic: the units that the
+        encoder's exact-target rule keeps (:mod:`espnet_prune.budget`), each at
+        its open median, scaled by the module gate's open median; a module that
+        keeps nothing is removed.
         """
         unit_gate = MODULES[name][0]
         has_units, has_whole = unit_gate in self.gates, name in self.gates
@@ -65,10 +75,24 @@ class GatedConformerBlock(ConformerBlock):
             unit = self.gates[unit_gate]() if has_units else None
             whole = self.gates[name]()[0] if has_whole else None
             return unit, whole
-        if not has_units:
-            return None, (self.gates[name]()[0] if has_whole else None)
-        unit = self.gates[unit_gate].deterministic(self.eval_unit_count(name))
-        whole = self.gates[name].open_median()[0] if has_whole else None
+        if not (has_units or has_whole):
+            return None, None
+        if self.eval_keep is None:
+            raise RuntimeError(
+                "a gated block in eval mode needs its encoder's selection: call the "
+                "GatedConformerEncoder, not the block"
+            )
+        keep = self.eval_keep[name]
+        unit = None
+        if has_units:
+            median = self.gates[unit_gate].open_median()
+            unit = torch.zeros_like(median)
+            unit[keep.to(median.device)] = median[keep.to(median.device)]
+        if has_whole:
+            whole = self.gates[name].open_median()[0]
+            whole = whole if keep.numel() else torch.zeros_like(whole)
+        else:
+            whole = None
         return unit, whole
 
     def branch_scales(self) -> Dict[str, Optional[Tensor]]:
@@ -112,13 +136,13 @@ class GatedConformerBlock(ConformerBlock):
         return counts
 
     @torch.no_grad()
-    def kept_units(self) -> Dict[str, tuple]:
-        """Eval-mode decision per module: (kept indices, unit scale or None, module scale or None).
-
-        A module that is removed has an empty index tensor.
-        """
-        was_training = self.training
+    def kept_units(self, keep: Dict[str, Tensor]) -> Dict[str, tuple]:
+        """Eval-mode decision per module under the encoder's selection ``keep``:
+        (kept indices, unit scale or None, module scale or None); a removed module
+        has an empty index tensor."""
+        was_training, previous = self.training, self.eval_keep
         self.eval()
+        self.eval_keep = keep
         try:
             out = {}
             for name in MODULES:
@@ -127,30 +151,26 @@ class GatedConformerBlock(ConformerBlock):
                     continue
                 unit, whole = self.module_masks(name)
                 n = unit_count(module)
-                keep = torch.arange(n) if unit is None else torch.nonzero(unit > 0).flatten().cpu()
+                idx = torch.arange(n) if name not in keep else keep[name].cpu()
                 if whole is not None and whole <= 0:
-                    keep = keep[:0]
-                scale = unit[keep.to(unit.device)] if unit is not None else None
-                out[name] = (keep, scale, whole)
+                    idx = idx[:0]
+                scale = unit[idx.to(unit.device)] if unit is not None else None
+                out[name] = (idx, scale, whole)
             return out
         finally:
+            self.eval_keep = previous
             self.train(was_training)
 
-    @torch.no_grad()
-    def eval_unit_count(self, name: str) -> int:
-        """Units module ``name`` keeps in eval mode (what :meth:`module_masks` keeps), 0 if removed."""
-        module = self.module(name)
-        if module is None:
-            return 0
-        unit_gate = MODULES[name][0]
-        p_whole = float(self.gates[name].keep_prob()[0]) if name in self.gates else 1.0
-        if unit_gate in self.gates:  # every kept unit has a positive open median
-            return int(round(float(self.gates[unit_gate].keep_prob().sum()) * p_whole))
-        return unit_count(module) if round(p_whole) >= 1 else 0
-
-    def structure(self) -> BlockStructure:
-        """Deterministic (eval-mode) structure of this block, from the gate probabilities."""
-        return BlockStructure(**{unit: self.eval_unit_count(name) for name, (unit, _) in MODULES.items()})
+    def structure_under(self, keep: Dict[str, Tensor]) -> BlockStructure:
+        """Structure of this block under the encoder's selection ``keep``."""
+        sizes = {}
+        for name, (unit, _) in MODULES.items():
+            module = self.module(name)
+            if module is None:
+                sizes[unit] = 0
+            else:
+                sizes[unit] = int(keep[name].numel()) if name in keep else unit_count(module)
+        return BlockStructure(**sizes)
 
 
 def _output_attr(module: torch.nn.Module) -> str:
@@ -204,9 +224,95 @@ class GatedConformerEncoder(ConformerEncoder):
         """Differentiable expected encoder cost: ``{"params": ..., "macs": ...}``."""
         return encoder_cost(self.dims, self.expected_counts(), seconds, frames_per_second)
 
+    # -- the exact-target rule (eval mode, shrinking) ------------------------
+
+    def set_eval_target(
+        self,
+        kind: str,
+        sparsity: Optional[float],
+        seconds: float = 10.0,
+        frames_per_second: float = 100.0,
+    ) -> None:
+        """Make eval mode keep the structure that meets ``sparsity`` of cost ``kind``
+        (``block_params`` or ``block_macs`` at ``seconds`` of audio).
+
+        ``sparsity=None`` (the default state) targets the gates' own expected cost.
+        """
+        if kind not in BLOCK_COST_KINDS:
+            raise ValueError(f"unknown cost kind {kind!r}; choose from {list(BLOCK_COST_KINDS)}")
+        self.eval_target = (kind, sparsity, float(seconds), float(frames_per_second))
+
+    eval_target: tuple = ("block_params", None, 10.0, 100.0)
+
+    def unit_groups(self, kind: str, seconds: float, frames_per_second: float) -> Tuple[List[UnitGroup], float]:
+        """Prunable groups (one per gated module, key ``(block, module)``) with their
+        keep scores and costs in ``kind``, and the cost that no gate removes."""
+        t = frames_after_frontend(self.dims, seconds, frames_per_second)
+        groups: List[UnitGroup] = []
+        constant = 0.0
+        for i, block in enumerate(self.encoders):
+            constant += block_constant_cost(self.dims, kind)
+            for name, (unit_gate, _) in MODULES.items():
+                module = block.module(name)
+                if module is None:
+                    continue
+                unit_cost, fixed = module_unit_cost(self.dims, name, kind, t)
+                n = unit_count(module)
+                p_whole = block.gates[name].keep_prob().detach() if name in block.gates else None
+                if unit_gate in block.gates:
+                    scores = block.gates[unit_gate].keep_prob().detach()
+                    if p_whole is not None:
+                        scores = scores * p_whole
+                    groups.append(UnitGroup((i, name), scores, unit_cost, fixed))
+                elif p_whole is not None:  # one unit: the whole module
+                    groups.append(UnitGroup((i, name), p_whole, unit_cost * n + fixed, 0))
+                else:
+                    constant += unit_cost * n + fixed
+        return groups, constant
+
+    @torch.no_grad()
+    def eval_budget(self) -> Tuple[float, float]:
+        """(budget, dense cost) in the eval target's kind."""
+        kind, sparsity, seconds, fps = self.eval_target
+        scope = "block_params" if kind == "block_params" else "block_macs"
+        dense = float(encoder_cost(self.dims, [_dense_counts(self.dims)] * self.dims.num_blocks, seconds, fps)[scope])
+        if sparsity is None:
+            return float(self.expected_cost(seconds, fps)[scope]), dense
+        return (1.0 - float(sparsity)) * dense, dense
+
+    @torch.no_grad()
+    def eval_selection(self) -> List[Dict[str, Tensor]]:
+        """Per block, the kept unit indices of every gated module under the eval target."""
+        kind, _, seconds, fps = self.eval_target
+        groups, constant = self.unit_groups(kind, seconds, fps)
+        budget, _ = self.eval_budget()
+        kept = select_units(groups, max(budget - constant, 0.0))
+        out: List[Dict[str, Tensor]] = [{} for _ in self.encoders]
+        for (i, name), idx in kept.items():
+            out[i][name] = idx
+        return out
+
+    def forward(self, xs_pad: Tensor, ilens: Tensor, *args: Any, **kwargs: Any):
+        """ESPnet's ``ConformerEncoder.forward``; in eval mode the blocks use the exact-target selection."""
+        if self.training:
+            return super().forward(xs_pad, ilens, *args, **kwargs)
+        for block, keep in zip(self.encoders, self.eval_selection()):
+            block.eval_keep = keep
+        try:
+            return super().forward(xs_pad, ilens, *args, **kwargs)
+        finally:
+            for block in self.encoders:
+                block.eval_keep = None
+
     def structure(self) -> List[BlockStructure]:
         """Deterministic (eval-mode) structure of every block."""
-        return [b.structure() for b in self.encoders]
+        return [b.structure_under(k) for b, k in zip(self.encoders, self.eval_selection())]
+
+
+def _dense_counts(dims: ConformerDims) -> Dict[str, ModuleCounts]:
+    from espnet_prune.cost import counts_from_structure
+
+    return counts_from_structure(dims.dense_block())
 
 
 _UNSUPPORTED = {

@@ -3,13 +3,21 @@
 Loss (DESIGN 2.3)::
 
     L = asr_weight * L_asr + pred_weight * L_pred + layer_weight * L_layer
-        + lambda1 * (s - t) + lambda2 * (s - t)^2
+        + lambda1 * (s - t) + (lambda2 + k_p / 2) * (s - t)^2
 
 ``s`` is the expected sparsity of the chosen cost (``target: {params: x}`` for the
 parameters of the prunable blocks, ``{macs: x}`` for their MACs at
-``cost_seconds`` of audio), ``t`` the target ramped linearly from 0 over
-``target_warmup_steps`` training forwards. ``lambda1/2`` are maximised: their
-gradient is reversed, so the optimizer that holds them does gradient ascent.
+``cost_seconds`` of audio), ``t`` the target ramped linearly over
+``target_warmup_steps`` training forwards from the expected sparsity of the
+first update. ``lambda1/2`` are maximised: their gradient is reversed, so the
+optimizer that holds them does gradient ascent. ``k_p`` (``sparsity_p_gain``)
+is a fixed proportional gain: without it the multipliers integrate the error
+at Adam's constant rate and wind up (overshoot 0.24-0.31 at a 0.5 target on the
+test fixture); with it the overshoot stays below 0.01.
+
+In eval mode (validation, ``eval_sparsity``, shrinking) the encoder keeps the
+structure that the exact-target rule (:mod:`espnet_prune.budget`) picks for the
+final target.
 
 The teacher is loaded from ``teacher_config`` / ``teacher_model_file``, frozen,
 kept in eval mode and moved with the student, but is not a registered
@@ -98,11 +106,19 @@ class PruningState(torch.nn.Module):
             self.lambda1 = torch.nn.Parameter(torch.zeros(()))
             self.lambda2 = torch.nn.Parameter(torch.zeros(()))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
+        if lagrangian:
+            # expected sparsity at the first update, where the target ramp starts (-1: not yet)
+            self.register_buffer("ramp_start", torch.full((), -1.0))
+            # largest (expected - ramped target) seen in training
+            self.register_buffer("max_overshoot", torch.zeros(()))
 
     def espnet_initialization_fn(self) -> None:
         with torch.no_grad():
             for p in self.parameters(recurse=False):
                 p.zero_()
+            if hasattr(self, "ramp_start"):
+                self.ramp_start.fill_(-1.0)
+                self.max_overshoot.zero_()
 
 
 class ESPnetPruneASRModel(ESPnetASRModel):
@@ -127,6 +143,11 @@ class ESPnetPruneASRModel(ESPnetASRModel):
             third block, and the last one).
         layer_mapping: ``dynamic`` (CoFi) or ``fixed``.
         cost_seconds / cost_frames_per_second: reference input of the MACs cost.
+        sparsity_p_gain: ``k_p`` of the fixed proportional term ``k_p / 2 * (s - t)^2``
+            added to the Lagrangian. With it the multipliers act as the integral
+            term of a PI controller of the sparsity: the gates follow the ramp
+            without the windup and overshoot of pure gradient-ascent multipliers
+            (tests/test_prune_training.py bounds the overshoot).
     """
 
     def __init__(
@@ -144,6 +165,7 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         layer_mapping: str = "dynamic",
         cost_seconds: float = 10.0,
         cost_frames_per_second: float = 100.0,
+        sparsity_p_gain: float = 200.0,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -168,6 +190,9 @@ class ESPnetPruneASRModel(ESPnetASRModel):
             raise ValueError(f"model_conf.target_warmup_steps={target_warmup_steps} must be >= 0")
         if temperature <= 0:
             raise ValueError(f"model_conf.temperature={temperature} must be > 0")
+        if sparsity_p_gain < 0:
+            raise ValueError(f"model_conf.sparsity_p_gain={sparsity_p_gain} must be >= 0")
+        self.sparsity_p_gain = float(sparsity_p_gain)
         self.target_warmup_steps = int(target_warmup_steps)
         self.asr_weight, self.pred_weight, self.layer_weight = asr_weight, pred_weight, layer_weight
         self.temperature = float(temperature)
@@ -178,6 +203,10 @@ class ESPnetPruneASRModel(ESPnetASRModel):
                 structure_cost(dims, dims.dense_structure(), self.cost_seconds, self.cost_fps)[
                     TARGET_COSTS[self.target_kind]
                 ]
+            )
+        if self.pruning_mode:
+            self.encoder.set_eval_target(
+                TARGET_COSTS[self.target_kind], self.target, self.cost_seconds, self.cost_fps
             )
         if distill_layers is None:
             n = dims.num_blocks
@@ -217,11 +246,14 @@ class ESPnetPruneASRModel(ESPnetASRModel):
     # -- sparsity ----------------------------------------------------------
 
     def current_target(self) -> float:
-        """Target sparsity at the current step (linear ramp from 0)."""
+        """Target sparsity at the current step: a linear ramp over ``target_warmup_steps``
+        from the expected sparsity of the first update (the gates' initial state) to
+        ``target``, so the ramp never asks for less than the gates already give."""
         if self.target_warmup_steps == 0:
             return self.target
+        start = max(0.0, min(float(self.pruning.ramp_start), self.target))
         frac = min(1.0, float(self.pruning.num_updates) / self.target_warmup_steps)
-        return self.target * frac
+        return start + (self.target - start) * frac
 
     def expected_sparsity(self) -> Tensor:
         cost = self.encoder.expected_cost(self.cost_seconds, self.cost_fps)
@@ -304,18 +336,23 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         if self.training:
             self.pruning.num_updates += 1
         if self.pruning_mode:
-            target = self.current_target()
             expected = self.expected_sparsity()
+            if self.training and float(self.pruning.ramp_start) < 0:
+                self.pruning.ramp_start.fill_(float(expected.detach()))
+            target = self.current_target()
             gap = expected - target
+            if self.training:
+                self.pruning.max_overshoot.clamp_(min=float(gap.detach()))
             lam1 = _GradReverse.apply(self.pruning.lambda1)
             lam2 = _GradReverse.apply(self.pruning.lambda2)
-            loss_lagrangian = lam1 * gap + lam2 * gap * gap
+            loss_lagrangian = lam1 * gap + (lam2 + 0.5 * self.sparsity_p_gain) * gap * gap
             loss = loss + loss_lagrangian
             stats.update(
                 loss_lagrangian=loss_lagrangian.detach(),
                 expected_sparsity=expected.detach(),
                 target_sparsity=torch.tensor(target),
                 eval_sparsity=torch.tensor(self.eval_sparsity()),
+                max_overshoot=self.pruning.max_overshoot.detach().clone(),
                 lambda1=self.pruning.lambda1.detach().clone(),
                 lambda2=self.pruning.lambda2.detach().clone(),
             )
@@ -397,6 +434,22 @@ def check_teacher_compatible(teacher: torch.nn.Module, student: ESPnetASRModel) 
 
 
 _ESPNET_MODEL_KEYS = set(inspect.signature(ESPnetASRModel.__init__).parameters)
+
+
+def eval_target_from_args(args: argparse.Namespace) -> Optional[Tuple[str, float, float, float]]:
+    """(cost kind, target sparsity, cost_seconds, cost_frames_per_second) of a pruning
+    run's training args, for :meth:`GatedConformerEncoder.set_eval_target`; None
+    when the args are not a pruning run's."""
+    conf = getattr(args, "model_conf", None) or {}
+    if getattr(args, "model", None) != "prune_espnet" or conf.get("target") is None:
+        return None
+    kind, value = parse_target(conf["target"])
+    return (
+        TARGET_COSTS[kind],
+        value,
+        float(conf.get("cost_seconds", 10.0)),
+        float(conf.get("cost_frames_per_second", 100.0)),
+    )
 
 
 def plain_asr_args(args: argparse.Namespace) -> argparse.Namespace:

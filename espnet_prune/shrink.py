@@ -1,6 +1,8 @@
 """The shrinker: gated Conformer -> heterogeneous dense ``pruned_conformer``.
 
-Every gate decision is read in eval mode (:meth:`GatedConformerBlock.kept_units`):
+Every gate decision is read in eval mode: the encoder's exact-target selection
+(:meth:`GatedConformerEncoder.eval_selection`, :mod:`espnet_prune.budget`) says
+which units each block keeps (:meth:`GatedConformerBlock.kept_units`):
 closed heads / units / channels and closed modules are cut out of the weights,
 and the values of the kept gates are folded into each module's output
 projection, so that the shrunk model computes what the gated model computes in
@@ -21,9 +23,9 @@ from espnet_prune.pruned_encoder import PrunedConformerEncoder, pruned_encoder_c
 from espnet_prune.structure import MODULES, BlockStructure
 
 
-def shrink_block(block: GatedConformerBlock) -> ConformerBlock:
-    """Dense copy of ``block`` without what its eval-mode gates close."""
-    kept = block.kept_units()
+def shrink_block(block: GatedConformerBlock, keep: Dict[str, torch.Tensor]) -> ConformerBlock:
+    """Dense copy of ``block`` without what the encoder's eval-mode selection ``keep`` drops."""
+    kept = block.kept_units(keep)
     modules: Dict[str, Any] = {}
     for name, (_, attr) in MODULES.items():
         module = getattr(block, attr)
@@ -66,7 +68,7 @@ def shrink_encoder(
     Returns the pruned encoder (weights loaded with every key matched) and its
     ``encoder_conf``.
     """
-    blocks = [shrink_block(b) for b in gated.encoders]
+    blocks = [shrink_block(b, k) for b, k in zip(gated.encoders, gated.eval_selection())]
     structure = [block_structure(b) for b in blocks]
     conf = pruned_encoder_conf(encoder_conf, structure)
     pruned = PrunedConformerEncoder(gated.dims.input_size, **conf)

@@ -5,7 +5,7 @@ Optimizers (ESPnet's ``--optim``, ``--optim2``, ``--optim3`` options, each with 
 
 1. ``optim``: model weights (and the layer-distillation map);
 2. ``optim2``: gate ``log_alpha`` (default adam, lr 0.1, betas 0.9/0.9);
-3. ``optim3``: Lagrange multipliers, maximised (default adam, lr 0.1).
+3. ``optim3``: Lagrange multipliers, maximised (default adam, lr 0.02).
 
 A model without gates (the dense baseline) gets only the first optimizer, so the
 same entry point trains every stage of the recipe.
@@ -35,7 +35,7 @@ class PruneASRTask(ASRTask):
         parser = super().get_parser()
         parser.set_defaults(
             optim2="adam", optim2_conf={"lr": 0.1, "betas": [0.9, 0.9]},
-            optim3="adam", optim3_conf={"lr": 0.1},
+            optim3="adam", optim3_conf={"lr": 0.02},
         )
         return parser
 

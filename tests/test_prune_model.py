@@ -93,7 +93,11 @@ def test_loss_terms_and_reversed_multiplier_gradients(tmp_path, teacher_dir):
         + 0.3 * gap + 0.5 * gap**2
     )
     assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
-    assert stats["target_sparsity"].item() == pytest.approx(0.05)  # 1 of 10 ramp steps
+    # 1 of 10 ramp steps, from the gates' initial expected sparsity to the target 0.5
+    start = float(model.pruning.ramp_start)
+    assert start == pytest.approx(stats["expected_sparsity"].item(), abs=1e-6)
+    assert 0.0 < start < 0.5
+    assert stats["target_sparsity"].item() == pytest.approx(start + (0.5 - start) * 0.1)
     loss.backward()
     # gradient ascent on the multipliers: their gradient is -(dL/dlambda)
     assert model.pruning.lambda1.grad.item() == pytest.approx(-gap, rel=1e-4)
@@ -112,7 +116,9 @@ def test_target_ramp_and_step_counter(tmp_path, teacher_dir):
     for _ in range(6):
         _, stats, _ = model(*_batch())
         seen.append(round(stats["target_sparsity"].item(), 4))
-    assert seen == [0.1, 0.2, 0.3, 0.4, 0.4, 0.4]
+    start = float(model.pruning.ramp_start)
+    assert seen == [round(start + (0.4 - start) * min(1.0, k / 4), 4) for k in range(1, 7)]
+    assert seen[-1] == 0.4
     model.eval()
     with torch.no_grad():
         model(*_batch())

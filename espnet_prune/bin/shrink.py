@@ -8,13 +8,17 @@ shrunk encoder) as a plain ESPnet model: training-only state is dropped.
 
 writes ``OUTPUT_DIR/config.yaml`` and ``OUTPUT_DIR/model.pth`` (atomically), then
 rebuilds the model from them with every key matched, and prints a JSON summary
-(also written to ``OUTPUT_DIR/summary.json``).
+(also written to ``OUTPUT_DIR/summary.json``). A pruning run's structure is
+chosen by the exact-target rule (:mod:`espnet_prune.budget`) against its
+``model_conf.target``; the target and the achieved sparsity are printed side by
+side (stderr) and recorded under ``target`` in the summary.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -34,14 +38,18 @@ def main(cmd: Optional[List[str]] = None) -> dict:
     args = get_parser().parse_args(cmd)
     from espnet_prune.cost import sparsity, structure_cost
     from espnet_prune.encoder import GatedConformerEncoder
-    from espnet_prune.model import plain_asr_args
+    from espnet_prune.model import eval_target_from_args, plain_asr_args
     from espnet_prune.model_io import load_train_args
     from espnet_prune.shrink import shrink_asr_model
 
-    train_args = plain_asr_args(load_train_args(args.asr_train_config))
+    raw_args = load_train_args(args.asr_train_config)
+    train_args = plain_asr_args(raw_args)
     gated, _ = build_asr_model(train_args, args.asr_model_file, drop_prefixes=("pruning.",))
     gated.eval()
+    target = eval_target_from_args(raw_args)
     if isinstance(gated.encoder, GatedConformerEncoder):
+        if target is not None:  # the exact-target rule: the structure meets the budget
+            gated.encoder.set_eval_target(*target)
         shrunk, shrunk_args = shrink_asr_model(gated, train_args)
     else:
         shrunk, shrunk_args = gated, train_args
@@ -51,8 +59,9 @@ def main(cmd: Optional[List[str]] = None) -> dict:
     rebuilt, _ = build_asr_model(out / "config.yaml", out / "model.pth")
     before, after = param_breakdown(gated), param_breakdown(rebuilt)
     dims = rebuilt.encoder.dims
-    dense = structure_cost(dims, dims.dense_structure())
-    pruned = structure_cost(dims, rebuilt.encoder.structure())
+    seconds, fps = (target[2], target[3]) if target is not None else (10.0, 100.0)
+    dense = structure_cost(dims, dims.dense_structure(), seconds, fps)
+    pruned = structure_cost(dims, rebuilt.encoder.structure(), seconds, fps)
     gates = getattr(gated.encoder, "gate_parameters", lambda: [])()
     summary = {
         "output_dir": str(out),
@@ -60,9 +69,14 @@ def main(cmd: Optional[List[str]] = None) -> dict:
         "params_shrunk_model": after["total"],
         "encoder_params": after["encoder"],
         "block_params_sparsity": float(sparsity(pruned["block_params"], dense["block_params"])),
+        "block_macs_sparsity": float(sparsity(pruned["block_macs"], dense["block_macs"])),
         "encoder_macs_sparsity": float(sparsity(pruned["macs"], dense["macs"])),
         "block_structures": [s.to_dict() for s in rebuilt.encoder.structure()],
     }
+    if target is not None:
+        kind, value = target[0], target[1]
+        summary["target"] = {"kind": kind, "sparsity": value, "achieved": summary[f"{kind}_sparsity"]}
+        print(f"{kind} sparsity: target {value:.4f}, achieved {summary[f'{kind}_sparsity']:.4f}", file=sys.stderr)
     text = json.dumps(summary, indent=1)
     atomic_write_text(out / "summary.json", text + "\n")
     print(text)

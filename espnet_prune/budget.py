@@ -1,0 +1,199 @@
+"""Exact-target structure selection: what a pruned model keeps, chosen against its budget.
+
+The gates give every prunable unit (attention head, FFN hidden unit, conv
+channel, or a whole module that has only a module gate) a keep score: its
+probability of being open, times the open probability of the module it belongs
+to. :func:`select_units` turns scores into a deterministic structure whose cost
+is as close as possible to a budget, ranking units *globally*, not module by
+module:
+
+1. **Rank.** All units of all groups are sorted by score (highest first; ties
+   keep the groups' order, then the unit index).
+2. **Fill.** Walk the ranking and keep every unit whose marginal cost still fits
+   in what is left of the budget. The marginal cost of a unit is its own cost,
+   plus its group's fixed cost (pre-norm, output bias...) when it is the group's
+   first kept unit: a group with no kept unit is removed and costs nothing, so
+   no module ever costs its fixed part for nothing. A unit that does not fit is
+   skipped and the walk goes on with the next-ranked units that still fit.
+3. **Round.** The fill leaves less than the cost of any unit left out. The
+   highest-ranked unit left out is then tried twice: kept as it is (rounding
+   up), and kept in exchange for the lowest-ranked kept units that are smaller
+   than it (say FFN units for an attention head), dropped until the cost fits
+   again. Whichever of the three structures is closest to the budget wins (the
+   filled one on a tie), so at most one unit is kept out of rank order.
+
+Guarantee (tested exactly in ``tests/test_budget.py``): unless every unit is
+kept (budget at or above the full cost), ``|kept cost - budget| <= c_max / 2``
+where ``c_max = max over groups of (unit_cost + fixed_cost)`` (see
+:func:`max_error`). In sparsity terms the error is at most
+``c_max / (2 * dense cost)``: one half of the largest single unit, e.g. 0.0026
+for the LibriSpeech-100 encoder blocks and 0.016 for the 3-block test fixture
+(params). In practice steps 2-4 leave much less: the error is below the
+cheapest unit that was left out.
+
+The rule ranks; it does not assume that the expected cost of the gates is
+already on target, so a checkpoint taken at any point of training shrinks to the
+budget. Costs are plain numbers of any kind (params or MACs): the callers (the
+gated encoder, :mod:`espnet_prune.cost`) provide them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Hashable, List, Sequence, Tuple
+
+import torch
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class UnitGroup:
+    """Units that share one cost and one fixed part (the units of one module).
+
+    Attributes:
+        key: identifies the group in the result, e.g. ``(block_index, "mha")``.
+        scores: keep score of each unit, shape ``(n,)``, higher is kept first.
+        unit_cost: cost of one kept unit (> 0).
+        fixed_cost: cost paid once when at least one unit is kept (>= 0).
+    """
+
+    key: Hashable
+    scores: Tensor
+    unit_cost: float
+    fixed_cost: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return int(self.scores.numel())
+
+
+def max_error(groups: Sequence[UnitGroup]) -> float:
+    """Bound on ``|kept cost - budget|`` that :func:`select_units` guarantees."""
+    return max((g.unit_cost + g.fixed_cost for g in groups), default=0.0) / 2.0
+
+
+def kept_cost(groups: Sequence[UnitGroup], kept: Dict[Hashable, Tensor]) -> float:
+    """Cost of a selection: kept units plus the fixed part of every non-empty group."""
+    total = 0.0
+    for g in groups:
+        k = int(kept[g.key].numel())
+        if k:
+            total += k * g.unit_cost + g.fixed_cost
+    return total
+
+
+def select_units(groups: Sequence[UnitGroup], budget: float) -> Dict[Hashable, Tensor]:
+    """Kept unit indices of every group (sorted ``LongTensor``, possibly empty).
+
+    See the module docstring for the rule and its guarantee.
+    """
+    keys = [g.key for g in groups]
+    if len(set(keys)) != len(keys):
+        raise ValueError("select_units: group keys must be unique")
+    for g in groups:
+        if not g.unit_cost > 0 or g.fixed_cost < 0:
+            raise ValueError(f"group {g.key!r}: unit_cost must be > 0 and fixed_cost >= 0")
+    if not groups:
+        return {}
+    sizes = torch.tensor([g.n for g in groups])
+    scores = torch.cat([g.scores.detach().reshape(-1).double().cpu() for g in groups])
+    group_of = torch.repeat_interleave(torch.arange(len(groups)), sizes)
+    unit_in_group = torch.cat([torch.arange(g.n) for g in groups])
+    unit_cost = torch.tensor([float(g.unit_cost) for g in groups], dtype=torch.float64)
+    fixed_cost = torch.tensor([float(g.fixed_cost) for g in groups], dtype=torch.float64)
+
+    order = torch.sort(scores, descending=True, stable=True).indices
+    ranked = _Ranked(group_of[order], unit_cost, fixed_cost)
+    kept, left = ranked.fill(float(budget))
+    if left > 0 and not bool(kept.all()):
+        # 3. Round with the best unit left out: keep it as it is, or in exchange
+        # for the lowest-ranked smaller units; the closest to the budget wins.
+        best_out = int(torch.nonzero(~kept)[0])
+        for candidate in ranked.with_unit(kept, left, best_out):
+            if abs(candidate[1]) < abs(left):
+                kept, left = candidate
+
+    kept_units = order[kept]
+    result: Dict[Hashable, Tensor] = {}
+    kept_group, kept_idx = group_of[kept_units], unit_in_group[kept_units]
+    for i, key in enumerate(keys):
+        result[key] = torch.sort(kept_idx[kept_group == i]).values
+    return result
+
+
+class _Ranked:
+    """Units in ranked order with their group ids, and the greedy walk over them."""
+
+    def __init__(self, group_ids: Tensor, unit_cost: Tensor, fixed_cost: Tensor) -> None:
+        self.g = group_ids
+        self.unit_cost, self.fixed_cost = unit_cost, fixed_cost
+
+    def marginal(self, pos: Tensor, opened: Tensor) -> Tensor:
+        g = self.g[pos]
+        return self.unit_cost[g] + self.fixed_cost[g] * ~opened[g]
+
+    def fill(self, budget: float) -> Tuple[Tensor, float]:
+        """Step 2 (fill). Returns (kept mask in ranked order, budget left)."""
+        n = self.g.numel()
+        kept = torch.zeros(n, dtype=torch.bool)
+        undecided = torch.ones(n, dtype=torch.bool)
+        opened = torch.zeros(self.unit_cost.numel(), dtype=torch.bool)
+        left = budget
+        while True:  # the greedy walk, run as prefix sums between the units that stop fitting
+            pos = torch.nonzero(undecided).flatten()
+            if pos.numel() == 0:
+                break
+            g = self.g[pos]
+            first = _first_occurrence(g) & ~opened[g]
+            cum = torch.cumsum(self.unit_cost[g] + self.fixed_cost[g] * first, 0)
+            n_fit = int((cum <= left).sum())  # cum is non-decreasing
+            if n_fit:
+                kept[pos[:n_fit]] = True
+                undecided[pos[:n_fit]] = False
+                opened[g[:n_fit]] = True
+                left -= float(cum[n_fit - 1])
+            rest = pos[n_fit:]
+            # a unit that does not fit now never will: the remainder only shrinks and
+            # every unit of its group has the same marginal cost
+            too_big = self.marginal(rest, opened) > left
+            undecided[rest[too_big]] = False
+            if bool(too_big.all()):
+                break
+        return kept, left
+
+
+    def with_unit(self, kept: Tensor, left: float, unit: int) -> List[Tuple[Tensor, float]]:
+        """Step 3: ``kept`` plus ranked position ``unit``, as it is and with the
+        lowest-ranked kept units of smaller unit cost dropped until the cost fits
+        the budget again (when they can make it fit). Each as (kept mask, budget left)."""
+        kept = kept.clone()
+        counts = torch.bincount(self.g[kept], minlength=self.unit_cost.numel())
+        g_u = int(self.g[unit])
+        left -= float(self.unit_cost[g_u]) + (float(self.fixed_cost[g_u]) if counts[g_u] == 0 else 0.0)
+        kept[unit] = True
+        counts[g_u] += 1
+        out = [(kept, left)]
+        smaller = torch.nonzero(kept & (self.unit_cost[self.g] < self.unit_cost[g_u])).flatten()
+        exchanged = kept.clone()
+        for p in reversed(smaller.tolist()):
+            if left >= 0:
+                break
+            g = int(self.g[p])
+            counts[g] -= 1
+            left += float(self.unit_cost[g]) + (float(self.fixed_cost[g]) if counts[g] == 0 else 0.0)
+            exchanged[p] = False
+        if left >= 0:
+            out.append((exchanged, left))
+        return out
+
+
+def _first_occurrence(ids: Tensor) -> Tensor:
+    """Boolean mask, True at the first position of each distinct value of ``ids`` (1-D)."""
+    if ids.numel() == 0:
+        return torch.zeros(0, dtype=torch.bool)
+    _, inverse = torch.unique(ids, return_inverse=True)
+    first_pos = torch.full((int(inverse.max()) + 1,), ids.numel(), dtype=torch.long)
+    first_pos.scatter_reduce_(0, inverse, torch.arange(ids.numel()), reduce="amin")
+    return torch.arange(ids.numel()) == first_pos[inverse]
+

@@ -1,0 +1,181 @@
+"""Exact-target rule: the deterministic structure lands on the requested sparsity.
+
+The bound asserted is the one the rule guarantees (``budget.max_error``), and
+the issue's requirement on top of it: 0.02 for the tiny fixtures, 0.005 for
+the LibriSpeech-100 encoder, for params and MACs targets, any gate state.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+import torch
+import yaml
+
+from conftest import CONF_VARIANTS, conf_variant, set_random_gates
+from espnet_prune.budget import UnitGroup, kept_cost, max_error, select_units
+from espnet_prune.cost import sparsity, structure_cost
+from espnet_prune.encoder import GatedConformerEncoder
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = [0.1, 0.23, 0.37, 0.5, 0.64, 0.77, 0.9]
+KINDS = {"block_params": "block_params", "block_macs": "block_macs"}
+
+
+def reference_select(groups: List[UnitGroup], budget: float) -> Dict:
+    """The rule written as plain loops (independent of the vectorised version)."""
+    units = []
+    for gi, g in enumerate(groups):
+        for j, s in enumerate(g.scores.tolist()):
+            units.append((-s, gi, j))
+    units.sort()  # score descending, then group order, then unit index
+    ranked = [(gi, j) for _, gi, j in units]
+
+    def marginal(kept, gi):
+        g = groups[gi]
+        return g.unit_cost + (g.fixed_cost if not kept[g.key] else 0.0)
+
+    kept = {g.key: [] for g in groups}
+    left = budget
+    for gi, j in ranked:  # fill
+        cost = marginal(kept, gi)
+        if cost <= left:
+            kept[groups[gi].key].append(j)
+            left -= cost
+    out = [(gi, j) for gi, j in ranked if j not in kept[groups[gi].key]]
+    if left > 0 and out:  # round with the best unit left out
+        gu, ju = out[0]
+        up = {k: list(v) for k, v in kept.items()}
+        left_up = left - marginal(up, gu)
+        up[groups[gu].key].append(ju)
+        candidates = [(up, left_up)]
+        ex, left_ex = {k: list(v) for k, v in up.items()}, left_up
+        for gi, j in reversed(ranked):
+            if left_ex >= 0:
+                break
+            if j in ex[groups[gi].key] and groups[gi].unit_cost < groups[gu].unit_cost:
+                ex[groups[gi].key].remove(j)
+                left_ex += groups[gi].unit_cost + (groups[gi].fixed_cost if not ex[groups[gi].key] else 0.0)
+        if left_ex >= 0:
+            candidates.append((ex, left_ex))
+        for cand, cand_left in candidates:
+            if abs(cand_left) < abs(left):
+                kept, left = cand, cand_left
+    return {k: sorted(v) for k, v in kept.items()}
+
+
+def _random_groups(rng: random.Random, n_groups: int) -> List[UnitGroup]:
+    groups = []
+    for i in range(n_groups):
+        n = rng.choice([1, 4, 7, 30])
+        # scores with ties (rounded) to exercise the tie rule
+        scores = torch.tensor([round(rng.random(), 1) for _ in range(n)], dtype=torch.float64)
+        groups.append(UnitGroup(("g", i), scores, float(rng.choice([1, 3, 40, 250])), float(rng.choice([0, 5, 60]))))
+    return groups
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_select_units_matches_the_plain_rule_and_its_bound(seed):
+    rng = random.Random(seed)
+    groups = _random_groups(rng, rng.randint(1, 8))
+    full = kept_cost(groups, {g.key: torch.arange(g.n) for g in groups})
+    budget = rng.random() * full * 1.1
+    kept = select_units(groups, budget)
+    assert {k: v.tolist() for k, v in kept.items()} == reference_select(groups, budget)
+    cost = kept_cost(groups, kept)
+    if cost < full:
+        assert abs(cost - budget) <= max_error(groups)
+    else:
+        assert budget >= full - max_error(groups)
+
+
+def test_no_group_pays_its_fixed_cost_for_nothing():
+    # a cheap fixed part with expensive units: the rule must not open the group
+    groups = [
+        UnitGroup("big", torch.tensor([0.9, 0.8]), unit_cost=100.0, fixed_cost=10.0),
+        UnitGroup("small", torch.tensor([0.1] * 5), unit_cost=2.0, fixed_cost=1.0),
+    ]
+    kept = select_units(groups, budget=8.0)
+    assert kept["big"].numel() == 0
+    assert kept["small"].tolist() == [0, 1, 2]  # 1 + 3 * 2 = 7 <= 8, a 4th would give 9
+    assert kept_cost(groups, kept) == 7.0
+
+
+def _gated(variant: str, seed: int, **extra) -> GatedConformerEncoder:
+    conf = conf_variant(variant)
+    conf.update(extra)
+    enc = GatedConformerEncoder(20, **conf)
+    set_random_gates(enc, seed)
+    return enc.eval()
+
+
+def _check_encoder_lands_on_target(enc: GatedConformerEncoder, kind: str, target: float, bound: float) -> float:
+    enc.set_eval_target(kind, target)
+    dims = enc.dims
+    structure = enc.structure()
+    achieved = float(sparsity(structure_cost(dims, structure)[kind], structure_cost(dims, dims.dense_structure())[kind]))
+    groups, _ = enc.unit_groups(kind, 10.0, 100.0)
+    _, dense = enc.eval_budget()
+    guaranteed = max_error(groups) / dense
+    assert abs(achieved - target) <= guaranteed + 1e-12, (achieved, target, guaranteed)
+    assert abs(achieved - target) <= bound, (achieved, target)
+    return achieved
+
+
+@pytest.mark.parametrize("variant", sorted(CONF_VARIANTS))
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_tiny_encoder_lands_on_any_target_from_any_gate_state(variant, kind):
+    for seed in range(6):
+        enc = _gated(variant, seed)
+        for target in TARGETS:
+            _check_encoder_lands_on_target(enc, kind, target, bound=0.02)
+
+
+def test_selection_is_what_eval_mode_computes_and_what_the_cost_model_counts(tiny_conf):
+    enc = _gated("latest_rel_macaron", 3)
+    enc.set_eval_target("block_params", 0.6)
+    sel = enc.eval_selection()
+    # eval forward keeps exactly the selected units: their unit masks are > 0, the rest 0
+    for block, keep in zip(enc.encoders, sel):
+        block.eval_keep = keep
+        for name, idx in keep.items():
+            unit, whole = block.module_masks(name)
+            if unit is not None:
+                assert torch.equal(torch.nonzero(unit > 0).flatten(), idx)
+            if whole is not None:
+                assert (whole > 0) == (idx.numel() > 0)
+        block.eval_keep = None
+    # kept cost of the groups + what no gate removes == the cost model of the structure
+    groups, constant = enc.unit_groups("block_params", 10.0, 100.0)
+    flat = {(i, n): idx for i, keep in enumerate(sel) for n, idx in keep.items()}
+    assert kept_cost(groups, flat) + constant == structure_cost(enc.dims, enc.structure())["block_params"]
+
+
+def test_midtraining_gates_still_land_on_target(tiny_conf):
+    """Gates at their initial state (nothing learned yet) shrink to the target too."""
+    enc = GatedConformerEncoder(20, **tiny_conf).eval()
+    for target in (0.3, 0.5, 0.7):
+        _check_encoder_lands_on_target(enc, "block_params", target, bound=0.02)
+
+
+def _librispeech_encoder_conf() -> dict:
+    conf = yaml.safe_load((REPO / "conf/train_asr_conformer.yaml").read_text())
+    return dict(conf["encoder_conf"])
+
+
+@pytest.fixture(scope="module")
+def librispeech_encoder():
+    torch.manual_seed(0)
+    return GatedConformerEncoder(80, **_librispeech_encoder_conf()).eval()
+
+
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_librispeech_encoder_lands_within_half_a_percent(librispeech_encoder, kind):
+    enc = librispeech_encoder
+    for seed in range(3):
+        set_random_gates(enc, seed)
+        for target in (0.2, 0.5, 0.8):
+            _check_encoder_lands_on_target(enc, kind, target, bound=0.005)

@@ -21,6 +21,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 
+from espnet_prune.options import inherit_signature
+
 from espnet_prune.blocks import ConformerBlock, as_masked_input, output_layer, unit_count
 from espnet_prune.budget import UnitGroup, select_units
 from espnet_prune.cost import (
@@ -178,6 +180,7 @@ def _output_attr(module: torch.nn.Module) -> str:
     return next(name for name, m in module.named_children() if m is layer)
 
 
+@inherit_signature(ConformerEncoder)
 class GatedConformerEncoder(ConformerEncoder):
     """ESPnet ``ConformerEncoder`` with hard-concrete gates in every block.
 

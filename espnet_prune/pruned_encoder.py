@@ -22,11 +22,14 @@ from typing import Any, Dict, List, Mapping
 
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 
+from espnet_prune.options import inherit_signature
+
 from espnet_prune.blocks import ConformerBlock, resize_block
 from espnet_prune.encoder import _check_supported
 from espnet_prune.structure import MODULES, BlockStructure, ConformerDims, structures_from_conf
 
 
+@inherit_signature(ConformerEncoder)
 class PrunedConformerEncoder(ConformerEncoder):
     """ConformerEncoder whose blocks have the sizes listed in ``block_structures``.
 

@@ -88,3 +88,17 @@ def test_bad_config_names_the_key(tiny_conf, kwargs, key):
     tiny_conf.update(kwargs)
     with pytest.raises(ValueError, match=key):
         GatedConformerEncoder(20, **tiny_conf)
+
+
+def test_print_config_shows_every_conformer_option():
+    """ESPnet's --print_config reads the class signature: ours lists the Conformer's options too."""
+    from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+    from espnet2.utils.get_default_kwargs import get_default_kwargs
+
+    from espnet_prune.pruned_encoder import PrunedConformerEncoder
+
+    dense = get_default_kwargs(ConformerEncoder)
+    gated = get_default_kwargs(GatedConformerEncoder)
+    assert {k: gated[k] for k in dense} == dense
+    assert gated["gate_granularities"] is None and gated["gate_conf"] is None
+    assert get_default_kwargs(PrunedConformerEncoder) == dense

@@ -39,7 +39,7 @@ gated encoder, :mod:`espnet_prune.cost`) provide them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Hashable, List, Sequence, Tuple
 
 import torch
@@ -56,12 +56,17 @@ class UnitGroup:
         scores: keep score of each unit, shape ``(n,)``, higher is kept first.
         unit_cost: cost of one kept unit (> 0).
         fixed_cost: cost paid once when at least one unit is kept (>= 0).
+        pair_costs: cost of each (unit of this group, kept unit of group ``key``)
+            pair, for costs that are products of two kept counts (the weights of a
+            conv between two gated channel sets: ``c_in * c_out * k * k``). Both
+            groups must list each other with the same value; each pair is paid once.
     """
 
     key: Hashable
     scores: Tensor
     unit_cost: float
     fixed_cost: float = 0.0
+    pair_costs: Dict[Hashable, float] = field(default_factory=dict)
 
     @property
     def n(self) -> int:
@@ -69,17 +74,25 @@ class UnitGroup:
 
 
 def max_error(groups: Sequence[UnitGroup]) -> float:
-    """Bound on ``|kept cost - budget|`` that :func:`select_units` guarantees."""
-    return max((g.unit_cost + g.fixed_cost for g in groups), default=0.0) / 2.0
+    """Bound on ``|kept cost - budget|`` that :func:`select_units` guarantees:
+    half the largest marginal cost of one unit."""
+    n = {g.key: g.n for g in groups}
+    return max(
+        (g.unit_cost + g.fixed_cost + sum(c * n[k] for k, c in g.pair_costs.items()) for g in groups),
+        default=0.0,
+    ) / 2.0
 
 
 def kept_cost(groups: Sequence[UnitGroup], kept: Dict[Hashable, Tensor]) -> float:
-    """Cost of a selection: kept units plus the fixed part of every non-empty group."""
+    """Cost of a selection: kept units, the fixed part of every non-empty group and
+    the pairs between coupled groups."""
     total = 0.0
+    counts = {g.key: int(kept[g.key].numel()) for g in groups}
     for g in groups:
-        k = int(kept[g.key].numel())
+        k = counts[g.key]
         if k:
             total += k * g.unit_cost + g.fixed_cost
+        total += 0.5 * sum(c * k * counts[other] for other, c in g.pair_costs.items())
     return total
 
 
@@ -91,11 +104,17 @@ def select_units(groups: Sequence[UnitGroup], budget: float) -> Dict[Hashable, T
     keys = [g.key for g in groups]
     if len(set(keys)) != len(keys):
         raise ValueError("select_units: group keys must be unique")
+    by_key = {g.key: g for g in groups}
     for g in groups:
         if not g.unit_cost > 0 or g.fixed_cost < 0:
             raise ValueError(f"group {g.key!r}: unit_cost must be > 0 and fixed_cost >= 0")
+        for other, c in g.pair_costs.items():
+            if other not in by_key or by_key[other].pair_costs.get(g.key) != c or c < 0:
+                raise ValueError(f"group {g.key!r}: pair cost with {other!r} must be >= 0 and symmetric")
     if not groups:
         return {}
+    if any(g.pair_costs for g in groups):
+        return _select_coupled(groups, float(budget))
     sizes = torch.tensor([g.n for g in groups])
     scores = torch.cat([g.scores.detach().reshape(-1).double().cpu() for g in groups])
     group_of = torch.repeat_interleave(torch.arange(len(groups)), sizes)
@@ -186,6 +205,66 @@ class _Ranked:
         if left >= 0:
             out.append((exchanged, left))
         return out
+
+
+def _select_coupled(groups: Sequence[UnitGroup], budget: float) -> Dict[Hashable, Tensor]:
+    """The same rule, walked unit by unit, for groups whose marginal cost depends on
+    the kept count of coupled groups (:attr:`UnitGroup.pair_costs`).
+
+    A unit's marginal cost only grows while the walk goes on (coupled groups only
+    gain units), so a unit that does not fit never fits later, and every pair is
+    paid exactly once: when its second unit is kept. The exchange of step 3 drops
+    only units of uncoupled groups.
+    """
+    units = sorted(
+        ((-float(s), gi, j) for gi, g in enumerate(groups) for j, s in enumerate(g.scores.detach().cpu().tolist())),
+    )
+    ranked = [(gi, j) for _, gi, j in units]
+    index = {g.key: gi for gi, g in enumerate(groups)}
+    pairs = [[(index[k], c) for k, c in g.pair_costs.items()] for g in groups]
+
+    def marginal(counts: List[int], gi: int) -> float:
+        g = groups[gi]
+        cost = g.unit_cost + (g.fixed_cost if counts[gi] == 0 else 0.0)
+        return cost + sum(c * counts[h] for h, c in pairs[gi])
+
+    counts = [0] * len(groups)
+    kept = [False] * len(ranked)
+    left = budget
+    for p, (gi, _) in enumerate(ranked):
+        cost = marginal(counts, gi)
+        if cost <= left:
+            kept[p], left = True, left - cost
+            counts[gi] += 1
+    out = [p for p, k in enumerate(kept) if not k]
+    if left > 0 and out:
+        u = out[0]
+        g_u = ranked[u][0]
+        up_counts, up_kept = list(counts), list(kept)
+        up_left = left - marginal(up_counts, g_u)
+        up_kept[u] = True
+        up_counts[g_u] += 1
+        best = (kept, left)
+        if abs(up_left) < abs(left):
+            best = (up_kept, up_left)
+        ex_counts, ex_kept, ex_left = list(up_counts), list(up_kept), up_left
+        for p in range(len(ranked) - 1, -1, -1):
+            if ex_left >= 0:
+                break
+            gi = ranked[p][0]
+            if not ex_kept[p] or pairs[gi] or groups[gi].unit_cost >= groups[g_u].unit_cost:
+                continue
+            ex_kept[p] = False
+            ex_counts[gi] -= 1
+            ex_left += groups[gi].unit_cost + (groups[gi].fixed_cost if ex_counts[gi] == 0 else 0.0)
+        if ex_left >= 0 and abs(ex_left) < abs(best[1]):
+            best = (ex_kept, ex_left)
+        kept = best[0]
+    result: Dict[Hashable, List[int]] = {g.key: [] for g in groups}
+    for p, (gi, j) in enumerate(ranked):
+        if kept[p]:
+            result[groups[gi].key].append(j)
+    return {k: torch.tensor(sorted(v), dtype=torch.long) for k, v in result.items()}
 
 
 def _first_occurrence(ids: Tensor) -> Tensor:

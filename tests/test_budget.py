@@ -179,3 +179,31 @@ def test_librispeech_encoder_lands_within_half_a_percent(librispeech_encoder, ki
         set_random_gates(enc, seed)
         for target in (0.2, 0.5, 0.8):
             _check_encoder_lands_on_target(enc, kind, target, bound=0.005)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_coupled_groups_pay_each_pair_once_and_keep_the_bound(seed):
+    """Conv channels coupled by c_in * c_out weights (the subsampling front end) plus plain groups."""
+    rng = random.Random(seed)
+    g = torch.Generator().manual_seed(seed)
+    n1, n2 = rng.choice([4, 16]), rng.choice([4, 16])
+    pair = float(rng.choice([9, 25]))
+    conv1 = UnitGroup("conv1", torch.rand(n1, generator=g), 10.0, 0.0, {"conv2": pair})
+    conv2 = UnitGroup("conv2", torch.rand(n2, generator=g), 1.0 + 7 * 20, 0.0, {"conv1": pair, "conv3": 3.0})
+    conv3 = UnitGroup("conv3", torch.rand(8, generator=g), 4.0, 0.0, {"conv2": 3.0})
+    groups = [conv1, conv2, conv3] + _random_groups(rng, rng.randint(1, 5))
+    full = kept_cost(groups, {x.key: torch.arange(x.n) for x in groups})
+    budget = rng.random() * full
+    kept = select_units(groups, budget)
+    k1, k2, k3 = (kept[k].numel() for k in ("conv1", "conv2", "conv3"))
+    plain = sum(x.unit_cost * kept[x.key].numel() + (x.fixed_cost if kept[x.key].numel() else 0.0) for x in groups)
+    assert kept_cost(groups, kept) == pytest.approx(plain + pair * k1 * k2 + 3.0 * k2 * k3)
+    if kept_cost(groups, kept) < full:
+        assert abs(kept_cost(groups, kept) - budget) <= max_error(groups) + 1e-9
+
+
+def test_pair_costs_must_be_symmetric():
+    a = UnitGroup("a", torch.rand(3), 1.0, 0.0, {"b": 2.0})
+    b = UnitGroup("b", torch.rand(3), 1.0, 0.0, {"a": 3.0})
+    with pytest.raises(ValueError, match="symmetric"):
+        select_units([a, b], 5.0)

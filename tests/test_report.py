@@ -121,7 +121,7 @@ def test_report_against_independent_references(setup, tmp_path):
     head, rows = _summary_rows(md)
     assert head == ["model", "WER dev_clean", "WER test", "params (M)", "params ratio",
                     "enc params (M)", "enc MACs@10s (G)", "MACs ratio", "enc latency ratio",
-                    "decode RTF", "RTF ratio"]
+                    "decode RTF (ESPnet decoder)", "decode RTF (fast decoder)", "RTF ratio"]
     assert list(rows) == ["baseline", "pruned"]  # no published row without --published
     assert "published" not in js and "not reproduced" not in md
 
@@ -163,14 +163,21 @@ def test_report_against_independent_references(setup, tmp_path):
     assert js["timing"]["utterances"] == ["s2-u1", "s2-u2", "s2-u3"]
     assert js["timing"]["audio_seconds"] == pytest.approx((40 + 65 + 90) / 100)
     for name in ("baseline", "pruned"):
-        lat, dec = by[name]["encoder_latency"], by[name]["decode"]
-        for v in (lat["ratio"], lat["ratio_median_utt"], dec["ratio"], dec["rtf"], lat["total_s"]):
+        lat, dec, esp = by[name]["encoder_latency"], by[name]["decode"], by[name]["decode_espnet"]
+        assert dec["decoder"] == "fast" and esp["decoder"] == "espnet"
+        for v in (lat["ratio"], lat["ratio_median_utt"], dec["ratio"], dec["rtf"], lat["total_s"],
+                  esp["rtf"], esp["ratio"], by[name]["fast_decoder_ratio"]):
             assert v > 0 and math.isfinite(v)
-        assert dec["rtf"] == pytest.approx(dec["total_s"] / js["timing"]["audio_seconds"])
-        for col in ("enc latency ratio", "decode RTF", "RTF ratio"):
+        for d in (dec, esp):
+            assert d["rtf"] == pytest.approx(d["total_s"] / js["timing"]["audio_seconds"])
+        assert by[name]["fast_decoder_ratio"] == pytest.approx(dec["total_s"] / esp["total_s"])
+        assert by[name]["fast_decoder_same_hyps"] is True  # same n-best from both decoders
+        for col in ("enc latency ratio", "decode RTF (ESPnet decoder)", "decode RTF (fast decoder)",
+                    "RTF ratio"):
             assert 0 < float(rows[name][col]) < math.inf
     assert by["baseline"]["encoder_latency"]["ratio"] == 1.0
-    assert by["baseline"]["decode"]["ratio"] == 1.0
+    assert by["baseline"]["decode"]["ratio"] == 1.0 and by["baseline"]["decode_espnet"]["ratio"] == 1.0
+    assert js["settings"]["fast_decoder"] is True
     assert js["settings"]["inference_options"]["beam_size"] == 2
     assert js["settings"]["inference_options_ignored"] == ["ngpu"]
 
@@ -191,7 +198,8 @@ def test_published_rows_only_when_asked(setup, tmp_path):
     assert all(pub[0][c] == "-" for c in head[3:])
     assert rep["published"]["matched_sets"] == ["dev_clean"]
     # no timing asked: no ratios invented
-    assert rows["pruned"]["enc latency ratio"] == "-" and rows["pruned"]["decode RTF"] == "-"
+    assert rows["pruned"]["enc latency ratio"] == "-"
+    assert rows["pruned"]["decode RTF (fast decoder)"] == "-" == rows["pruned"]["decode RTF (ESPnet decoder)"]
 
 
 def test_bad_inputs_name_the_path(setup, tmp_path):

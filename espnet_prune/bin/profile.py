@@ -1,4 +1,4 @@
-"""Print the size and encoder compute of an ASR model as one JSON object.
+"""Print the size and the encoder and decoder compute of an ASR model as one JSON object.
 
     python -m espnet_prune.bin.profile --asr_train_config conf/train_asr_conformer.yaml --seconds 10
     python -m espnet_prune.bin.profile --asr_train_config exp/x/config.yaml --asr_model_file exp/x/model.pth
@@ -8,6 +8,15 @@
 model. Params are counted on the built model; encoder MACs come from the exact
 cost model (:mod:`espnet_prune.cost`) and are cross-checked by
 ``torch.utils.flop_counter`` on a dummy input (``macs_counted``).
+
+Transformer decoders (ESPnet ``transformer`` or ``pruned_transformer``) get a ``decoder``
+section with the exact cost of :func:`espnet_prune.decoder.decoder_cost`, as the fast
+decoder runs it: ``token_macs`` is one decoding step of one hypothesis at prefix length
+``--prefix_len`` against the encoder output of ``--seconds`` of audio, without the
+source-attention key/value projections of that output (``memory_macs``, once per
+utterance); ``utterance_macs`` is one hypothesis decoded for ``--tokens`` tokens
+(memory projections included). ``token_macs_counted`` / ``memory_macs_counted`` are torch's
+FLOP counter on the real decoder.
 """
 
 from __future__ import annotations
@@ -34,6 +43,10 @@ def get_parser() -> argparse.ArgumentParser:
                    help="token count when the config has no token_list")
     p.add_argument("--count_macs", type=lambda s: s.lower() in ("1", "true", "yes"), default=True,
                    help="also count MACs with torch's FlopCounterMode")
+    p.add_argument("--prefix_len", type=int, default=20,
+                   help="decoder prefix length (tokens) of the per-token decoder MACs")
+    p.add_argument("--tokens", type=int, default=40,
+                   help="decoded tokens of the per-utterance decoder MACs")
     return p
 
 
@@ -88,8 +101,54 @@ def count_encoder_macs(encoder: torch.nn.Module, input_size: int, frames: int) -
     return counter.get_total_flops() // 2
 
 
+def decoder_profile(model: torch.nn.Module, args: argparse.Namespace, memory_frames: int,
+                    prefix_len: int = 20, tokens: int = 40,
+                    count_macs: bool = True) -> Optional[Dict[str, Any]]:
+    """Params and MACs of a Transformer decoder as the fast decoder runs it (None otherwise)."""
+    from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
+
+    from espnet_prune.decoder import (
+        DecoderDims,
+        PrunedTransformerDecoder,
+        count_decoder_macs,
+        decoder_cost,
+    )
+
+    dec = getattr(model, "decoder", None)
+    if isinstance(dec, PrunedTransformerDecoder):
+        dims, structure = dec.dims, dec.structure()
+    elif type(dec) is TransformerDecoder:
+        dims = DecoderDims.from_decoder_conf(
+            dec.output_layer.out_features if dec.output_layer is not None
+            else len(args.token_list), dec._output_size_bf_softmax, args.decoder_conf or {})
+        structure = dims.dense_structure()
+    else:
+        return None
+    cost = decoder_cost(dims, structure, prefix_len, memory_frames, tokens)
+    dense = decoder_cost(dims, dims.dense_structure(), prefix_len, memory_frames, tokens)
+    out: Dict[str, Any] = {
+        "decoder": type(dec).__name__,
+        "params": int(cost["params"]),
+        "token_macs": int(cost["token_macs"]),
+        "memory_macs": int(cost["memory_macs"]),
+        "utterance_macs": int(cost["utterance_macs"]),
+        "prefix_len": prefix_len,
+        "memory_frames": memory_frames,
+        "tokens": tokens,
+        "params_sparsity": 1 - cost["params"] / dense["params"],
+        "token_macs_sparsity": 1 - cost["token_macs"] / dense["token_macs"],
+        "layer_structures": [s.to_dict() for s in structure],
+    }
+    if count_macs:
+        counted = count_decoder_macs(dec, prefix_len, memory_frames)
+        out["token_macs_counted"] = counted["token_macs"]
+        out["memory_macs_counted"] = counted["memory_macs"]
+    return out
+
+
 def profile(model: torch.nn.Module, args: argparse.Namespace, seconds: float,
-            fps: float, count_macs: bool = True) -> Dict[str, Any]:
+            fps: float, count_macs: bool = True, prefix_len: int = 20,
+            tokens: int = 40) -> Dict[str, Any]:
     dims, structure = encoder_dims_and_structure(model, args)
     cost = structure_cost(dims, structure, seconds, fps)
     dense = structure_cost(dims, dims.dense_structure(), seconds, fps)
@@ -110,6 +169,12 @@ def profile(model: torch.nn.Module, args: argparse.Namespace, seconds: float,
     }
     if count_macs:
         out["macs_counted"] = count_encoder_macs(model.encoder, dims.input_size, int(round(seconds * fps)))
+    from espnet_prune.cost import frames_after_frontend
+
+    dec = decoder_profile(model, args, frames_after_frontend(dims, seconds, fps),
+                          prefix_len, tokens, count_macs)
+    if dec is not None:
+        out["decoder"] = dec
     return out
 
 
@@ -122,7 +187,7 @@ def main(cmd: Optional[List[str]] = None) -> Dict[str, Any]:
         state = torch.load(a.asr_model_file, map_location="cpu", weights_only=True)
         load_strict(model, state, what=a.asr_model_file)
     fps = a.frames_per_second or frames_per_second(args)
-    result = profile(model, args, a.seconds, fps, a.count_macs)
+    result = profile(model, args, a.seconds, fps, a.count_macs, a.prefix_len, a.tokens)
     print(json.dumps(result, indent=1))
     return result
 

@@ -8,7 +8,7 @@ RESULTS.md style, plus a JSON file with every number::
         --test_sets dev test --data_dir dump/fbank --decode_name decode_asr \\
         --inference_config conf/mini/decode_asr.yaml \\
         --latency_set test --latency_utts 10 --latency_repeats 5 --threads 1 \\
-        --frames_per_second 100 [--published librispeech_100] \\
+        --frames_per_second 100 [--fast_decoder true] [--published librispeech_100] \\
         --output RESULTS.md --json results.json
 
 The first ``--model`` is the reference (dense baseline); every ratio is to it. A model
@@ -32,6 +32,10 @@ What is measured (DESIGN section 4):
 * decode RTF: wall time of ``Speech2Text(feats)`` (encoder + beam search, options from
   ``--inference_config``) / audio seconds, audio seconds = frames / ``--frames_per_second``;
   same interleaving, ``--decode_repeats`` runs per utterance after one warm-up decode.
+  Measured twice per model, in the same interleaved run: with ESPnet's own decoder
+  (``decode_espnet``) and, with ``--fast_decoder true`` (the default), with the fast exact
+  decoder the recipe decodes with (``decode``; :func:`espnet_prune.fast_decoding`), whose
+  hypotheses are checked to be the same (``fast_decoder_same_hyps``).
 """
 
 from __future__ import annotations
@@ -361,11 +365,21 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--frames_per_second", type=float, default=100.0)
     p.add_argument("--macs_seconds", type=float, default=10.0, help="audio length for MACs")
+    p.add_argument("--fast_decoder", type=_str2bool, default=True,
+                   help="also time each model with the fast exact decoder (espnet_prune.fast_decoding)")
     p.add_argument("--published", default=None, choices=sorted(PUBLISHED),
                    help="add published reference rows")
     p.add_argument("--output", required=True, help="Markdown output (RESULTS.md)")
     p.add_argument("--json", default=None, help="JSON output")
     return p
+
+
+def _str2bool(v: str) -> bool:
+    if v.lower() in ("true", "1", "yes"):
+        return True
+    if v.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
 
 
 def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
@@ -447,22 +461,46 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
             from espnet2.bin.asr_inference import Speech2Text
 
             espnet_prune.register()
-            s2ts = []
-            for name, d in models:
-                s2ts.append(Speech2Text(asr_train_config=str(d / "config.yaml"),
-                                        asr_model_file=str(d / "model.pth"), device="cpu",
-                                        **options))
 
-            def decode_fn(s2t):
+            def speech2text(d: Path):
+                return Speech2Text(asr_train_config=str(d / "config.yaml"),
+                                   asr_model_file=str(d / "model.pth"), device="cpu", **options)
+
+            # per model: ESPnet's decoder, then (optionally) the fast decoder
+            s2ts: List[Any] = []
+            for name, d in models:
+                s2ts.append(speech2text(d))
+                if a.fast_decoder:
+                    fast = speech2text(d)
+                    s2ts.append(fast if espnet_prune.fast_decoding(fast, require=False) else None)
+            hyps: Dict[int, Dict[int, Any]] = {}
+
+            def decode_fn(k: int, s2t):
                 def run(x):
                     with torch.inference_mode():
-                        return s2t(x)  # (T, D) features: Speech2Text batches them to (1, T, D)
+                        # (T, D) features: Speech2Text batches them to (1, T, D)
+                        out = s2t(x)
+                    hyps.setdefault(k, {})[id(x)] = [r[2] for r in out]  # n-best token ids
+                    return out
                 return run
 
-            t_dec = time_interleaved([decode_fn(s) for s in s2ts],
+            active = [k for k, s in enumerate(s2ts) if s is not None]
+            t_dec = time_interleaved([decode_fn(k, s2ts[k]) for k in active],
                                      feats, a.decode_repeats, warmup_inputs=feats[:1])
-            for r, s in zip(rows, summarize_times(t_dec, audio_s)):
-                r["decode"] = s
+            times = dict(zip(active, t_dec))
+            per = 2 if a.fast_decoder else 1
+            espnet_times = [times[m * per] for m in range(len(models))]
+            for r, s in zip(rows, summarize_times(espnet_times, audio_s)):
+                r["decode_espnet"] = dict(s, decoder="espnet")
+                r["decode"] = r["decode_espnet"]
+            fast_ok = [m for m in range(len(models)) if m * per + 1 in times] if a.fast_decoder else []
+            if fast_ok and fast_ok[0] == 0:
+                fast_times = [times[m * 2 + 1] for m in fast_ok]
+                for m, s in zip(fast_ok, summarize_times(fast_times, audio_s)):
+                    r = rows[m]
+                    r["decode"] = dict(s, decoder="fast")
+                    r["fast_decoder_ratio"] = s["total_s"] / r["decode_espnet"]["total_s"]
+                    r["fast_decoder_same_hyps"] = hyps[m * 2] == hyps[m * 2 + 1]
             del s2ts
         timing_info["loadavg_after"] = _loadavg()
     finally:
@@ -479,6 +517,7 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
             "latency_utts": a.latency_utts, "latency_repeats": a.latency_repeats,
             "decode_repeats": a.decode_repeats, "threads": a.threads,
             "frames_per_second": a.frames_per_second, "macs_seconds": a.macs_seconds,
+            "fast_decoder": a.fast_decoder,
         },
         "timing": timing_info,
         "models": rows,
@@ -523,9 +562,13 @@ DEFINITIONS = (
     "the reference's sum measured in the same run, models interleaved round-robin. "
     "**decode RTF**: wall time of ESPnet's `Speech2Text` on the same features (encoder + "
     "beam search, options of `{inf}`; median of {dreps} decode(s) per utterance after one "
-    "warm-up decode, summed) / audio duration (frames / {fps:g}); **RTF ratio** is to the "
-    "reference in the same run. Absolute times depend on the machine and its load; compare "
-    "ratios."
+    "warm-up decode, summed) / audio duration (frames / {fps:g}), with ESPnet's own "
+    "Transformer decoder (**ESPnet decoder**) and with the fast exact decoder that the recipe "
+    "decodes with (**fast decoder**, `espnet_prune.fast_decoding`: same hypotheses, encoder "
+    "keys/values computed once per utterance), all interleaved in one run; **RTF ratio** is "
+    "the fast-decoder RTF (ESPnet's when the fast decoder is off) over the reference's, "
+    "**fast / ESPnet** the two decoders' time ratio per model. Absolute times depend on the "
+    "machine and its load; compare ratios."
 )
 
 
@@ -558,21 +601,24 @@ def format_markdown(r: Dict[str, Any]) -> str:
     # ---- summary
     head = (["model"] + [f"WER {s}" for s in sets]
             + ["params (M)", "params ratio", "enc params (M)", f"enc MACs@{sec:g}s (G)",
-               "MACs ratio", "enc latency ratio", "decode RTF", "RTF ratio"])
+               "MACs ratio", "enc latency ratio", "decode RTF (ESPnet decoder)",
+               "decode RTF (fast decoder)", "RTF ratio"])
     L += ["## Summary", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in rows:
         lat, dec = m.get("encoder_latency") or {}, m.get("decode") or {}
+        esp = m.get("decode_espnet") or {}
+        fast_rtf = dec.get("rtf") if dec.get("decoder") == "fast" else None
         cells = ([_cell(m["name"])] + [_f(m["wer"][s]["Err"], ".1f") for s in sets]
                  + [_f(m["params"]["total"] / 1e6, ".2f"), _f(m["params_ratio"], ".3f"),
                     _f(m["params"]["encoder"] / 1e6, ".2f"), _f(m["encoder_macs"] / 1e9, ".3f"),
                     _f(m["macs_ratio"], ".3f"), _f(lat.get("ratio"), ".3f"),
-                    _f(dec.get("rtf"), ".3g"), _f(dec.get("ratio"), ".3f")])
+                    _f(esp.get("rtf"), ".3g"), _f(fast_rtf, ".3g"), _f(dec.get("ratio"), ".3f")])
         L.append("| " + " | ".join(cells) + " |")
     pub = r.get("published")
     if pub:
         cells = ([_cell(f"{pub['label']} (published, not reproduced here)")]
                  + [_f(pub["wer"][s]["Err"], ".1f") if s in pub["wer"] else "-" for s in sets]
-                 + ["-"] * 8)
+                 + ["-"] * 9)
         L.append("| " + " | ".join(cells) + " |")
         L += ["", f"Published reference ({pub['source']}): "
               + ", ".join(f"{s} {v['Err']:.1f}" for s, v in pub["wer"].items())
@@ -601,14 +647,22 @@ def format_markdown(r: Dict[str, Any]) -> str:
     if tu["utterances"]:
         L += ["## Timing (same run, interleaved)", "",
               "| model | enc time (ms, sum of medians) | enc latency ratio | median per-utt ratio "
-              "| decode time (s, sum of medians) | decode RTF | RTF ratio |",
-              "|" + "---|" * 7]
+              "| decode time, ESPnet decoder (s) | decode RTF, ESPnet decoder "
+              "| decode time, fast decoder (s) | decode RTF, fast decoder | fast / ESPnet "
+              "| same hypotheses | RTF ratio |",
+              "|" + "---|" * 11]
         for m in rows:
             lat, dec = m.get("encoder_latency") or {}, m.get("decode") or {}
+            esp = m.get("decode_espnet") or {}
+            fast = dec if dec.get("decoder") == "fast" else {}
+            same = m.get("fast_decoder_same_hyps")
             L.append("| " + " | ".join([
                 _cell(m["name"]), _f(lat["total_s"] * 1e3 if "total_s" in lat else None, ".2f"),
                 _f(lat.get("ratio"), ".3f"), _f(lat.get("ratio_median_utt"), ".3f"),
-                _f(dec.get("total_s"), ".3f"), _f(dec.get("rtf"), ".3g"),
+                _f(esp.get("total_s"), ".3f"), _f(esp.get("rtf"), ".3g"),
+                _f(fast.get("total_s"), ".3f"), _f(fast.get("rtf"), ".3g"),
+                _f(m.get("fast_decoder_ratio"), ".3f"),
+                "-" if same is None else ("yes" if same else "**no**"),
                 _f(dec.get("ratio"), ".3f")]) + " |")
         L.append("")
 

@@ -32,6 +32,7 @@ bpe_type=unigram
 min_frames=10
 max_frames=3000
 latency_utts=10
+fast_decoder=true         # decode Transformer decoders with espnet_prune's fast exact decoder
 train_args=""             # extra arguments for every training run
 # mini corpus size
 mini_n_train=1500
@@ -223,7 +224,7 @@ models=("baseline=${baseline}/final")
 for t in $prune_targets; do models+=("prune_$(target_tag "$t")=${exp}/prune_$(target_tag "$t")/final"); done
 
 if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
-    banner 7 "decoding ${test_sets} with ${inference_config} (${nj} jobs)"
+    banner 7 "decoding ${test_sets} with ${inference_config} (${nj} jobs, fast decoder: ${fast_decoder})"
     for m in "${models[@]}"; do
         dir=${m#*=}
         for s in $test_sets; do
@@ -236,7 +237,7 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
             # one thread per job unless cores are left over: oversubscribed OpenMP is many times slower
             ${decode_cmd} JOB=1:"$n" "${dec}/logdir/decode.JOB.log" \
                 env OMP_NUM_THREADS=$(( $(nproc) / n > 0 ? $(nproc) / n : 1 )) python -m espnet_prune.bin.asr_inference \
-                --ngpu 0 --batch_size 1 --config "$inference_config" \
+                --ngpu 0 --batch_size 1 --config "$inference_config" --fast_decoder "$fast_decoder" \
                 --asr_train_config "${dir}/config.yaml" --asr_model_file "${dir}/model.pth" \
                 --data_path_and_name_and_type "${dec}/logdir/keys.JOB.scp,speech,kaldi_ark" \
                 --output_dir "${dec}/logdir/output.JOB"
@@ -275,6 +276,7 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
         python -m espnet_prune.recipe.report "${model_args[@]}" --test_sets $test_sets \
             --data_dir "$dump" --decode_name "$inference_tag" --inference_config "$inference_config" \
             --latency_set "${test_sets##* }" --latency_utts "$latency_utts" --threads 1 \
+            --fast_decoder "$fast_decoder" \
             "${published[@]}" --output "${exp}/RESULTS.md" --json "${exp}/results.json"
     fi
     cp "${exp}/RESULTS.md" RESULTS.md

@@ -1,0 +1,148 @@
+"""Decode time with the fast exact decoder against ESPnet's TransformerDecoder.
+
+    python benchmarks/decode_speed.py                      # the full table (a few minutes)
+    python benchmarks/decode_speed.py --beams 20 --seconds 10 --threads 1
+
+The model is the LibriSpeech-100 Conformer (``conf/train_asr_conformer.yaml``: 12-block
+Conformer encoder, 6-layer Transformer decoder, 5000 tokens) with random weights. One
+decode = ``model.encode`` of random audio (frontend included) + ESPnet's
+``BatchBeamSearch`` (decoder weight 0.7, CTC prefix scorer 0.3, as ``Speech2Text`` builds
+it), run once with ESPnet's ``TransformerDecoder`` and once with
+:class:`espnet_prune.decoder.PrunedTransformerDecoder` holding the same weights.
+
+The number of output tokens is fixed so that both decoders do the same work: the
+end-of-sentence output bias is set to -1e4 (no hypothesis ends early, for either decoder)
+and ``maxlenratio`` stops every decode after ``--tokens_per_second`` x seconds tokens.
+For each thread count, audio length and beam the two decoders run one after the other (the
+order alternating between configurations), after one warm-up decode each; the hypotheses
+of the two decoders must be identical (the script exits with status 1 otherwise).
+``ratio`` = fast / ESPnet wall time of the whole decode; ``search ratio`` leaves the
+(shared) encoder time out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def build(vocab_size: int) -> torch.nn.Module:
+    """The LibriSpeech-100 model, random weights, end of sentence made unreachable."""
+    from espnet_prune.bin.profile import build_from_any_config
+
+    torch.manual_seed(0)
+    model, _ = build_from_any_config(str(REPO / "conf/train_asr_conformer.yaml"), vocab_size)
+    model.eval()
+    with torch.no_grad():  # no hypothesis may end before the fixed number of tokens
+        model.decoder.output_layer.bias[model.eos] = -1e4
+    return model
+
+
+def beam_search(model: torch.nn.Module, decoder: torch.nn.Module, beam: int):
+    """ESPnet's BatchBeamSearch as Speech2Text builds it (decoder 0.7, CTC 0.3, full pre-beam)."""
+    from espnet.nets.batch_beam_search import BatchBeamSearch
+    from espnet.nets.scorers.ctc import CTCPrefixScorer
+    from espnet.nets.scorers.length_bonus import LengthBonus
+
+    vocab = model.vocab_size
+    return BatchBeamSearch(
+        beam_size=beam, vocab_size=vocab, sos=model.sos, eos=model.eos,
+        weights=dict(decoder=0.7, ctc=0.3, length_bonus=0.0),
+        scorers=dict(decoder=decoder, ctc=CTCPrefixScorer(model.ctc, model.eos),
+                     length_bonus=LengthBonus(vocab)),
+        token_list=[str(i) for i in range(vocab)], pre_beam_score_key="full",
+    ).eval()
+
+
+def decode(model, search, speech: torch.Tensor, tokens: int) -> Tuple[float, float, List[Any]]:
+    """(total seconds, encoder seconds, n-best) of one decode."""
+    with torch.inference_mode():
+        t0 = time.perf_counter()
+        enc, _ = model.encode(speech, torch.tensor([speech.size(1)]))
+        t1 = time.perf_counter()
+        x = enc[0]
+        hyps = search(x=x, maxlenratio=(tokens + 0.5) / x.size(0), minlenratio=0.0)
+        t2 = time.perf_counter()
+    return t2 - t0, t1 - t0, hyps
+
+
+def main(argv: List[str] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--beams", type=int, nargs="+", default=[1, 10, 20])
+    p.add_argument("--seconds", type=float, nargs="+", default=[10.0, 30.0])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--tokens_per_second", type=float, default=4.0,
+                   help="output tokens per second of audio (about LibriSpeech's BPE-5000 rate)")
+    p.add_argument("--vocab_size", type=int, default=5000)
+    p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    a = p.parse_args(argv)
+    logging.disable(logging.WARNING)
+
+    import espnet_prune
+    from espnet_prune.decoder import PrunedTransformerDecoder
+
+    espnet_prune.register()
+    model = build(a.vocab_size)
+    espnet_dec = model.decoder
+    fast_dec = PrunedTransformerDecoder.from_transformer_decoder(espnet_dec)
+    print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
+          f"{sum(p.numel() for p in model.parameters()):,} params, "
+          f"decoder {type(espnet_dec).__name__} vs {type(fast_dec).__name__}")
+    head = ("threads", "audio s", "beam", "tokens", "ESPnet s", "fast s", "ratio",
+            "search ratio", "encoder s", "same hyps")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    g = torch.Generator().manual_seed(1)
+    speech = {s: torch.randn(1, int(16000 * s), generator=g) * 0.1 for s in a.seconds}
+    ok = True
+    k = 0
+    results: List[Dict[str, Any]] = []
+    for threads in a.threads:
+        torch.set_num_threads(threads)
+        for dec in (espnet_dec, fast_dec):  # warm-up
+            decode(model, beam_search(model, dec, 2), speech[a.seconds[0]], 3)
+        for seconds in a.seconds:
+            tokens = int(round(a.tokens_per_second * seconds))
+            for beam in a.beams:
+                runs = {}
+                order = [("espnet", espnet_dec), ("fast", fast_dec)]
+                if k % 2:
+                    order.reverse()
+                k += 1
+                for name, dec in order:
+                    runs[name] = decode(model, beam_search(model, dec, beam), speech[seconds], tokens)
+                (te, ee, he), (tf, ef, hf) = runs["espnet"], runs["fast"]
+                same = len(he) == len(hf) and all(
+                    h1.yseq.tolist() == h2.yseq.tolist() and abs(float(h1.score) - float(h2.score)) <= 1e-3
+                    for h1, h2 in zip(he, hf))
+                assert all(len(h.yseq) == tokens + 2 for h in he), "decode length not fixed"
+                ok &= same
+                enc = (ee + ef) / 2
+                row = dict(threads=threads, seconds=seconds, beam=beam, tokens=tokens,
+                           espnet_s=te, fast_s=tf, ratio=tf / te,
+                           search_ratio=(tf - ef) / (te - ee), encoder_s=enc, same=same)
+                results.append(row)
+                print(f"| {threads} | {seconds:g} | {beam} | {tokens} | {te:.2f} | {tf:.2f} | "
+                      f"{tf / te:.3f} | {row['search_ratio']:.3f} | {enc:.2f} | "
+                      f"{'yes' if same else 'NO'} |", flush=True)
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
+    if not ok:
+        print("hypotheses differ between the decoders", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

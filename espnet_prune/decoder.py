@@ -831,6 +831,9 @@ class PrunedTransformerDecoder(TransformerDecoder):
 
     #: use ESPnet's own decoding when it caches the memory itself (dense layers only)
     prefer_espnet_memory_cache: bool = True
+    #: False: ESPnet's incremental algorithm (memory and prefix re-projected at every step)
+    #: on these layers, for comparisons; see :func:`espnet_decoding`
+    use_fast_decoding: bool = True
 
     def __init__(
         self,
@@ -1103,7 +1106,10 @@ class PrunedTransformerDecoder(TransformerDecoder):
     # ------------------------------------------------------------------ decoding
 
     def _use_espnet(self) -> bool:
-        """ESPnet's own incremental decoding, when it caches the memory and layers are dense."""
+        """ESPnet's own incremental decoding: when asked (``use_fast_decoding = False``), or
+        when ESPnet caches the memory itself and the layers are ESPnet's."""
+        if not self.use_fast_decoding:
+            return True
         if self._espnet_path is None:
             dense = all(type(layer) is DecoderLayer for layer in self.decoders)
             self._espnet_path = bool(
@@ -1397,6 +1403,19 @@ def fast_decoding(speech2text: Any, require: bool = True) -> bool:
 # =============================================================================
 
 
+def espnet_decoding(speech2text: Any) -> None:
+    """Make an ESPnet ``Speech2Text`` decode with ESPnet's own incremental algorithm.
+
+    The reference for timing comparisons: an ESPnet ``TransformerDecoder`` already does;
+    a :class:`PrunedTransformerDecoder` (``decoder: pruned_transformer``, which ESPnet's
+    class cannot hold) runs ESPnet's ``forward_one_step`` / ``score`` / ``batch_score`` on its
+    layers, re-projecting the encoder output and the prefix at every step.
+    """
+    decoder = getattr(speech2text.asr_model, "decoder", None)
+    if isinstance(decoder, PrunedTransformerDecoder):
+        decoder.use_fast_decoding = False
+
+
 def count_decoder_macs(
     decoder: TransformerDecoder, prefix_len: int, memory_frames: int, seed: int = 0
 ) -> Dict[str, int]:
@@ -1411,9 +1430,9 @@ def count_decoder_macs(
 
     dec = decoder if isinstance(decoder, PrunedTransformerDecoder) else \
         PrunedTransformerDecoder.from_transformer_decoder(decoder)
-    was_training, espnet_path = dec.training, dec._espnet_path
+    was_training, espnet_path, fast = dec.training, dec._espnet_path, dec.use_fast_decoding
     dec.eval()
-    dec._espnet_path = False  # count our implementation (what the cost model describes)
+    dec._espnet_path, dec.use_fast_decoding = False, True  # count what the cost model describes
     param = next(dec.parameters())
     g = torch.Generator().manual_seed(seed)
     memory = torch.randn(memory_frames, dec.dims.attention_dim, generator=g).to(param)
@@ -1436,5 +1455,5 @@ def count_decoder_macs(
             dec.clear_memory_cache()
     finally:
         dec.train(was_training)
-        dec._espnet_path = espnet_path
+        dec._espnet_path, dec.use_fast_decoding = espnet_path, fast
     return {"token_macs": int(token_macs), "memory_macs": int(memory_macs)}

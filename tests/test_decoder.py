@@ -761,3 +761,21 @@ def test_slicing_after_a_forward_under_autograd():
     new = slice_decoder_layer(layer, torch.tensor([0, 1]), torch.tensor([3]), None)
     assert new.self_attn.attn is None and new.src_attn.attn is None
     assert layer.self_attn.attn is not None  # the original is untouched
+
+
+def test_espnet_algorithm_on_pruned_layers_for_comparisons():
+    """``use_fast_decoding = False``: ESPnet's step (memory re-projected every step), same result."""
+    ref, ours, _ = _pruned_pair(32, 1)
+    slow = copy.deepcopy(ours)
+    slow.use_fast_decoding = False
+    seen = _count_key_projections(slow)
+    torch.manual_seed(33)
+    ctc = CTC(V, D).eval()
+    x = torch.randn(15, D)
+    with torch.no_grad():
+        for search in (BatchBeamSearch, BeamSearch):
+            hr = _beam(search, ref, 4, ctc)(x, maxlenratio=0.0)
+            _assert_same_hyps(hr, _beam(search, ours, 4, ctc)(x, maxlenratio=0.0))
+            n = len(seen)
+            _assert_same_hyps(hr, _beam(search, slow, 4, ctc)(x, maxlenratio=0.0))
+            assert len(seen) - n > 5  # one projection per step (and hypothesis), as ESPnet

@@ -159,10 +159,17 @@ def test_pruned_transformer_yaml_config_round_trip(tmp_path):
     keys = [k for k in dec.state_dict() if k.startswith("decoders.1.")]
     assert not any(k.startswith(("decoders.1.self_attn", "decoders.1.norm1")) for k in keys)
     assert dec.decoders[0].self_attn.linear_q.weight.shape == (3 * 8, 32)  # d_k = 32 / 4
-    # a pruned decoder decodes through ESPnet's Speech2Text as it is
-    s2t = _speech2text(d)
+    # a pruned decoder decodes through ESPnet's Speech2Text as it is (fast), or with
+    # ESPnet's incremental algorithm for timing comparisons: same hypotheses
+    from espnet_prune.decoder import espnet_decoding
+
+    s2t, slow = _speech2text(d), _speech2text(d)
     assert s2t.beam_search.full_scorers["decoder"] is s2t.asr_model.decoder
-    assert isinstance(s2t(torch.from_numpy(_feats(1)[0])), list)
+    espnet_decoding(slow)
+    assert slow.asr_model.decoder.use_fast_decoding is False
+    for x in _feats(2):
+        r1, r2 = s2t(torch.from_numpy(x)), slow(torch.from_numpy(x))
+        assert [r[2] for r in r1] == [r[2] for r in r2]
 
     bad = _config(tmp_path / "bad.yaml", "pruned_transformer",
                   layer_structures=[LAYERS[0], {"self_heads": 1, "src_heads": 9, "ffn_units": 1}])

@@ -18,6 +18,7 @@ ENCODERS = {
 
 DECODERS = {
     "pruned_transformer": "espnet_prune.decoder:PrunedTransformerDecoder",
+    "gated_transformer": "espnet_prune.gated_decoder:GatedTransformerDecoder",
 }
 
 MODELS = {"prune_espnet": "espnet_prune.model:ESPnetPruneASRModel"}

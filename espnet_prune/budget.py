@@ -40,7 +40,7 @@ gated encoder, :mod:`espnet_prune.cost`) provide them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, Hashable, List, Sequence, Tuple
+from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
 import torch
 
@@ -60,6 +60,8 @@ class UnitGroup:
             pair, for costs that are products of two kept counts (the weights of a
             conv between two gated channel sets: ``c_in * c_out * k * k``). Both
             groups must list each other with the same value; each pair is paid once.
+        presence: probability that the group keeps at least one unit (for the
+            expected fixed cost; default ``1 - prod(1 - scores)``).
     """
 
     key: Hashable
@@ -67,6 +69,7 @@ class UnitGroup:
     unit_cost: float
     fixed_cost: float = 0.0
     pair_costs: Dict[Hashable, float] = field(default_factory=dict)
+    presence: Optional[Tensor] = None
 
     @property
     def n(self) -> int:
@@ -93,6 +96,20 @@ def kept_cost(groups: Sequence[UnitGroup], kept: Dict[Hashable, Tensor]) -> floa
         if k:
             total += k * g.unit_cost + g.fixed_cost
         total += 0.5 * sum(c * k * counts[other] for other, c in g.pair_costs.items())
+    return total
+
+
+def expected_cost(groups: Sequence[UnitGroup]) -> Tensor:
+    """Differentiable expected cost of the groups when each unit is kept with
+    probability ``scores`` (independently): ``E[k] * unit_cost + P(k > 0) *
+    fixed_cost`` per group, plus ``E[k] * E[k'] * pair_cost`` per coupled pair."""
+    total = torch.zeros((), dtype=torch.float64)
+    expected_k = {g.key: g.scores.sum() for g in groups}
+    for g in groups:
+        presence = g.presence if g.presence is not None else 1.0 - torch.prod(1.0 - g.scores)
+        total = total + expected_k[g.key] * g.unit_cost + presence * g.fixed_cost
+        for other, c in g.pair_costs.items():
+            total = total + 0.5 * c * expected_k[g.key] * expected_k[other]
     return total
 
 

@@ -149,15 +149,16 @@ def frontend_cost(dims: ConformerDims, t_in: int) -> Tuple[int, int, int]:
     convs = _SUBSAMPLING_CONVS.get(dims.input_layer)
     if convs is None:
         raise ValueError(f"no cost model for input_layer={dims.input_layer!r}")
+    channels = dims.subsampling_channels or (d,) * len(convs)  # kept output channels per Conv2d
     macs, t, c_in = 0, t_in, 1
-    for kernel, stride in convs:
+    for (kernel, stride), c in zip(convs, channels):
         t = (t - kernel) // stride + 1
         f = (f - kernel) // stride + 1
-        params += c_in * d * kernel * kernel + d
-        macs += max(t, 0) * f * d * c_in * kernel * kernel
-        c_in = d
-    params += d * f * d + d  # output projection
-    macs += max(t, 0) * d * f * d
+        params += c_in * c * kernel * kernel + c
+        macs += max(t, 0) * f * c * c_in * kernel * kernel
+        c_in = c
+    params += d * f * c_in + d  # output projection
+    macs += max(t, 0) * d * f * c_in
     return params, macs, max(t, 0)
 
 

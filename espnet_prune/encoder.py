@@ -10,7 +10,7 @@ hard-concrete gates on heads, FFN units, conv channels and whole modules
         output_size: 256
         ...                       # any ConformerEncoder option
         gate_granularities: [heads, ffn1_units, ffn2_units, conv_channels,
-                             ffn1, mha, conv, ffn2]
+                             ffn1, mha, conv, ffn2, subsampling_channels]
         gate_conf: {init_keep_prob: 0.9, temperature: 0.667, limit_l: -0.1, limit_r: 1.1}
 """
 
@@ -24,15 +24,15 @@ from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from espnet_prune.options import inherit_signature
 
 from espnet_prune.blocks import ConformerBlock, as_masked_input, output_layer, unit_count
-from espnet_prune.budget import UnitGroup, select_units
+from espnet_prune.budget import UnitGroup
 from espnet_prune.cost import (
-    BLOCK_COST_KINDS,
     ModuleCounts,
     block_constant_cost,
     encoder_cost,
-    frames_after_frontend,
+    frontend_cost,
     module_unit_cost,
 )
+from espnet_prune.frontend import SUBSAMPLING_CLASSES, GatedConv2dSubsampling
 from espnet_prune.gates import GateConfig, HardConcreteGate
 from espnet_prune.structure import GRANULARITIES, MODULES, BlockStructure, ConformerDims
 
@@ -187,7 +187,9 @@ class GatedConformerEncoder(ConformerEncoder):
     Args:
         input_size: input feature dimension.
         gate_granularities: which gates exist, a subset of
-            :data:`~espnet_prune.structure.GRANULARITIES` (default: all).
+            :data:`~espnet_prune.structure.GRANULARITIES` (default: all that apply;
+            ``subsampling_channels`` gates the output channels of every Conv2d of
+            the front end, :mod:`espnet_prune.frontend`).
         gate_conf: :class:`~espnet_prune.gates.GateConfig` fields.
         **conformer_kwargs: every ``ConformerEncoder`` option.
     """
@@ -202,7 +204,11 @@ class GatedConformerEncoder(ConformerEncoder):
         _check_supported(conformer_kwargs)
         super().__init__(input_size, **conformer_kwargs)
         self.dims = ConformerDims.from_encoder_conf(input_size, conformer_kwargs)
-        granularities = list(GRANULARITIES if gate_granularities is None else gate_granularities)
+        if gate_granularities is None:  # every gate that applies
+            granularities = [g for g in GRANULARITIES
+                             if g != "subsampling_channels" or self.dims.input_layer in SUBSAMPLING_CLASSES]
+        else:
+            granularities = list(gate_granularities)
         unknown = sorted(set(granularities) - set(GRANULARITIES))
         if unknown:
             raise ValueError(
@@ -211,6 +217,13 @@ class GatedConformerEncoder(ConformerEncoder):
             )
         self.gate_granularities = granularities
         self.gate_config = GateConfig.from_dict(gate_conf)
+        if "subsampling_channels" in granularities:
+            if self.dims.input_layer not in SUBSAMPLING_CLASSES:
+                raise ValueError(
+                    "encoder_conf.gate_granularities: subsampling_channels needs a conv front end "
+                    f"(input_layer one of {sorted(SUBSAMPLING_CLASSES)}), got {self.dims.input_layer!r}"
+                )
+            self.embed = GatedConv2dSubsampling.from_espnet(self.embed, self.gate_config, input_size)
         for i, layer in enumerate(self.encoders):
             block = GatedConformerBlock.from_espnet_layer(layer)
             block.attach_gates(granularities, self.gate_config)
@@ -218,41 +231,64 @@ class GatedConformerEncoder(ConformerEncoder):
 
     def gate_parameters(self) -> List[torch.nn.Parameter]:
         """All ``log_alpha`` parameters (for their own optimizer)."""
-        return [g.log_alpha for b in self.encoders for g in b.gates.values()]
+        front = self.embed.gate_parameters() if self.gated_frontend else []
+        return front + [g.log_alpha for b in self.encoders for g in b.gates.values()]
+
+    @property
+    def gated_frontend(self) -> bool:
+        return isinstance(self.embed, GatedConv2dSubsampling)
 
     def expected_counts(self) -> List[Dict[str, ModuleCounts]]:
         return [b.expected_counts() for b in self.encoders]
 
     def expected_cost(self, seconds: float = 10.0, frames_per_second: float = 100.0) -> Dict[str, Tensor]:
-        """Differentiable expected encoder cost: ``{"params": ..., "macs": ...}``."""
-        return encoder_cost(self.dims, self.expected_counts(), seconds, frames_per_second)
+        """Differentiable expected encoder cost: ``params`` / ``macs`` of the whole
+        encoder (front end included) and ``block_params`` / ``block_macs``."""
+        from espnet_prune.budget import expected_cost
+        from espnet_prune.targets import CostContext
+
+        ctx = CostContext(seconds, frames_per_second)
+        out = {}
+        for metric in ("params", "macs"):
+            for scope, key in (("encoder", metric), ("blocks", f"block_{metric}")):
+                groups, constant = self.unit_groups(metric, scope, ctx)
+                out[key] = expected_cost(groups) + constant
+        return out
 
     # -- the exact-target rule (eval mode, shrinking) ------------------------
 
-    def set_eval_target(
-        self,
-        kind: str,
-        sparsity: Optional[float],
-        seconds: float = 10.0,
-        frames_per_second: float = 100.0,
-    ) -> None:
-        """Make eval mode keep the structure that meets ``sparsity`` of cost ``kind``
-        (``block_params`` or ``block_macs`` at ``seconds`` of audio).
+    #: Gives eval mode its structure (:class:`~espnet_prune.targets.TargetSelector`);
+    #: a model-wide one is attached by the pruning model or the shrinker. Without
+    #: one, the encoder aims at the gates' expected block parameters.
+    eval_selector: Optional[Any] = None
 
-        ``sparsity=None`` (the default state) targets the gates' own expected cost.
-        """
-        if kind not in BLOCK_COST_KINDS:
-            raise ValueError(f"unknown cost kind {kind!r}; choose from {list(BLOCK_COST_KINDS)}")
-        self.eval_target = (kind, sparsity, float(seconds), float(frames_per_second))
+    def set_eval_target(self, kind: str, sparsity: Optional[float], ctx: Optional[Any] = None) -> None:
+        """Make eval mode keep the structure that meets ``sparsity`` of an encoder-scoped
+        cost ``kind`` (``block_params``, ``block_macs``, ``encoder_params``, ``encoder_macs``)."""
+        from espnet_prune.targets import TARGET_KINDS, CostContext, TargetSelector
 
-    eval_target: tuple = ("block_params", None, 10.0, 100.0)
+        if kind not in TARGET_KINDS or TARGET_KINDS[kind][1] == "model":
+            raise ValueError(
+                f"the encoder alone can hold block_* or encoder_* targets, not {kind!r}"
+            )
+        TargetSelector({"encoder": self}, kind, sparsity, ctx or CostContext()).attach()
 
-    def unit_groups(self, kind: str, seconds: float, frames_per_second: float) -> Tuple[List[UnitGroup], float]:
+    def selector(self) -> Any:
+        if self.eval_selector is None:
+            self.set_eval_target("block_params", None)
+        return self.eval_selector
+
+    def unit_groups(self, metric: str, scope: str, ctx: Any) -> Tuple[List[UnitGroup], Any]:
         """Prunable groups (one per gated module, key ``(block, module)``) with their
-        keep scores and costs in ``kind``, and the cost that no gate removes."""
-        t = frames_after_frontend(self.dims, seconds, frames_per_second)
+        differentiable keep scores and costs in ``metric`` (``params`` / ``macs`` at
+        ``ctx``), and the cost in ``scope`` (``blocks``, ``encoder`` or ``model``)
+        that no gate of the encoder removes."""
+        if metric not in ("params", "macs"):
+            raise ValueError(f"unknown cost metric {metric!r}")
+        kind = f"block_{metric}"
+        fe_params, fe_macs, t = frontend_cost(self.dims, ctx.input_frames)
         groups: List[UnitGroup] = []
-        constant = 0.0
+        constant: Any = 0.0
         for i, block in enumerate(self.encoders):
             constant += block_constant_cost(self.dims, kind)
             for name, (unit_gate, _) in MODULES.items():
@@ -261,39 +297,48 @@ class GatedConformerEncoder(ConformerEncoder):
                     continue
                 unit_cost, fixed = module_unit_cost(self.dims, name, kind, t)
                 n = unit_count(module)
-                p_whole = block.gates[name].keep_prob().detach() if name in block.gates else None
+                p_whole = block.gates[name].keep_prob() if name in block.gates else None
                 if unit_gate in block.gates:
-                    scores = block.gates[unit_gate].keep_prob().detach()
+                    p_unit = block.gates[unit_gate].keep_prob()
+                    scores, presence = p_unit, 1.0 - torch.prod(1.0 - p_unit)
                     if p_whole is not None:
-                        scores = scores * p_whole
-                    groups.append(UnitGroup((i, name), scores, unit_cost, fixed))
+                        scores, presence = scores * p_whole, presence * p_whole[0]
+                    groups.append(UnitGroup((i, name), scores, unit_cost, fixed, presence=presence))
                 elif p_whole is not None:  # one unit: the whole module
                     groups.append(UnitGroup((i, name), p_whole, unit_cost * n + fixed, 0))
                 else:
                     constant += unit_cost * n + fixed
+        if scope in ("encoder", "model"):
+            if self.gated_frontend:  # keys ("frontend", conv index)
+                fe_groups, fe_constant = self.embed.unit_groups(metric, ctx.input_frames)
+                groups += fe_groups
+                constant += fe_constant
+            else:
+                constant += fe_params if metric == "params" else fe_macs
+            if metric == "params" and self.dims.normalize_before:
+                constant += 2 * self.dims.output_size  # after_norm
         return groups, constant
 
-    @torch.no_grad()
-    def eval_budget(self) -> Tuple[float, float]:
-        """(budget, dense cost) in the eval target's kind."""
-        kind, sparsity, seconds, fps = self.eval_target
-        scope = "block_params" if kind == "block_params" else "block_macs"
-        dense = float(encoder_cost(self.dims, [_dense_counts(self.dims)] * self.dims.num_blocks, seconds, fps)[scope])
-        if sparsity is None:
-            return float(self.expected_cost(seconds, fps)[scope]), dense
-        return (1.0 - float(sparsity)) * dense, dense
-
-    @torch.no_grad()
     def eval_selection(self) -> List[Dict[str, Tensor]]:
-        """Per block, the kept unit indices of every gated module under the eval target."""
-        kind, _, seconds, fps = self.eval_target
-        groups, constant = self.unit_groups(kind, seconds, fps)
-        budget, _ = self.eval_budget()
-        kept = select_units(groups, max(budget - constant, 0.0))
+        """Per block, the kept unit indices of every gated module (the exact-target rule)."""
+        keep = self.selector().for_part(self)
         out: List[Dict[str, Tensor]] = [{} for _ in self.encoders]
-        for (i, name), idx in kept.items():
-            out[i][name] = idx
+        for (i, name), idx in keep.items():
+            if isinstance(i, int):
+                out[i][name] = idx
         return out
+
+    def frontend_keep(self) -> Optional[List[Tensor]]:
+        """Kept channels of each front-end Conv2d in eval mode (None: no front-end gates).
+
+        The front end is only in the ``encoder`` and ``model`` scopes: under a
+        ``block_*`` target it keeps every channel."""
+        if not self.gated_frontend:
+            return None
+        keep = self.selector().for_part(self)
+        if not any(isinstance(k[0], str) for k in keep):
+            return [torch.arange(g.n) for g in self.embed.gates]
+        return self.embed.keep_from_selection(keep)
 
     def forward(self, xs_pad: Tensor, ilens: Tensor, *args: Any, **kwargs: Any):
         """ESPnet's ``ConformerEncoder.forward``; in eval mode the blocks use the exact-target selection."""
@@ -301,21 +346,19 @@ class GatedConformerEncoder(ConformerEncoder):
             return super().forward(xs_pad, ilens, *args, **kwargs)
         for block, keep in zip(self.encoders, self.eval_selection()):
             block.eval_keep = keep
+        if self.gated_frontend:
+            self.embed.eval_keep = self.frontend_keep()
         try:
             return super().forward(xs_pad, ilens, *args, **kwargs)
         finally:
             for block in self.encoders:
                 block.eval_keep = None
+            if self.gated_frontend:
+                self.embed.eval_keep = None
 
     def structure(self) -> List[BlockStructure]:
         """Deterministic (eval-mode) structure of every block."""
         return [b.structure_under(k) for b, k in zip(self.encoders, self.eval_selection())]
-
-
-def _dense_counts(dims: ConformerDims) -> Dict[str, ModuleCounts]:
-    from espnet_prune.cost import counts_from_structure
-
-    return counts_from_structure(dims.dense_block())
 
 
 _UNSUPPORTED = {

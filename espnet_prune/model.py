@@ -40,33 +40,11 @@ from espnet.nets.pytorch_backend.nets_utils import make_pad_mask, th_accuracy
 from espnet.nets.pytorch_backend.transformer.add_sos_eos import add_sos_eos
 from espnet2.torch_utils.device_funcs import force_gatherable
 
-from espnet_prune.cost import structure_cost
 from espnet_prune.distill import LayerDistiller, kl_divergence
 from espnet_prune.encoder import GatedConformerEncoder
+from espnet_prune.targets import CostContext, build_selector, parse_target
 
 Tensor = torch.Tensor
-
-#: target key -> cost-model entry it constrains.
-TARGET_COSTS = {"params": "block_params", "macs": "block_macs"}
-
-
-def parse_target(target: Any) -> Tuple[str, float]:
-    """``{params: x}`` or ``{macs: x}`` with x in [0, 1) -> (kind, x)."""
-    if not isinstance(target, Mapping) or len(target) != 1:
-        raise ValueError(
-            f"model_conf.target must be one mapping like {{params: 0.5}} or {{macs: 0.5}}, got {target!r}"
-        )
-    (kind, value), = target.items()
-    if kind not in TARGET_COSTS:
-        raise ValueError(f"model_conf.target.{kind}: unknown cost; choose from {list(TARGET_COSTS)}")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"model_conf.target.{kind}={value!r} is not a number") from None
-    if not (0.0 <= value < 1.0) or math.isnan(value):
-        raise ValueError(f"model_conf.target.{kind}={value} must be in [0, 1)")
-    return kind, value
-
 
 class _GradReverse(torch.autograd.Function):
     @staticmethod
@@ -165,6 +143,7 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         layer_mapping: str = "dynamic",
         cost_seconds: float = 10.0,
         cost_frames_per_second: float = 100.0,
+        cost_tokens: int = 40,
         sparsity_p_gain: float = 200.0,
         **kwargs: Any,
     ) -> None:
@@ -196,18 +175,10 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         self.target_warmup_steps = int(target_warmup_steps)
         self.asr_weight, self.pred_weight, self.layer_weight = asr_weight, pred_weight, layer_weight
         self.temperature = float(temperature)
-        self.cost_seconds, self.cost_fps = float(cost_seconds), float(cost_frames_per_second)
+        if int(cost_tokens) < 1:
+            raise ValueError(f"model_conf.cost_tokens={cost_tokens} must be >= 1")
+        self.cost_ctx = CostContext(float(cost_seconds), float(cost_frames_per_second), int(cost_tokens))
         dims = self.encoder.dims
-        if self.pruning_mode:
-            self.dense_cost = float(
-                structure_cost(dims, dims.dense_structure(), self.cost_seconds, self.cost_fps)[
-                    TARGET_COSTS[self.target_kind]
-                ]
-            )
-        if self.pruning_mode:
-            self.encoder.set_eval_target(
-                TARGET_COSTS[self.target_kind], self.target, self.cost_seconds, self.cost_fps
-            )
         if distill_layers is None:
             n = dims.num_blocks
             distill_layers = sorted(set(list(range(3, n + 1, 3)) + [n]))
@@ -219,6 +190,9 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         if self.pruning_mode:
             check_teacher_matches(self.teacher, self)
             self.init_from_teacher()
+            # expected cost for the Lagrangian; the exact-target structure for eval mode
+            selector = build_selector(self, self.target_kind, self.target, self.cost_ctx).attach()
+            object.__setattr__(self, "selector", selector)
         else:
             check_teacher_compatible(self.teacher, self)
 
@@ -256,15 +230,24 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         return start + (self.target - start) * frac
 
     def expected_sparsity(self) -> Tensor:
-        cost = self.encoder.expected_cost(self.cost_seconds, self.cost_fps)
-        return 1.0 - cost[TARGET_COSTS[self.target_kind]] / self.dense_cost
+        """Differentiable expected sparsity of the target's cost."""
+        return self.selector.expected_sparsity().to(torch.float32)
 
     @torch.no_grad()
     def eval_sparsity(self) -> float:
         """Sparsity of the deterministic (eval-mode) structure: what shrinking would give."""
-        dims = self.encoder.dims
-        cost = structure_cost(dims, self.encoder.structure(), self.cost_seconds, self.cost_fps)
-        return 1.0 - cost[TARGET_COSTS[self.target_kind]] / self.dense_cost
+        return self.selector.achieved_sparsity()
+
+    #: training forwards between two evaluations of the exact-target structure for
+    #: the ``eval_sparsity`` log (it costs a global ranking of every unit)
+    EVAL_SPARSITY_EVERY = 10
+    _last_eval_sparsity: Optional[float] = None
+
+    def _logged_eval_sparsity(self) -> float:
+        step = int(self.pruning.num_updates)
+        if not self.training or self._last_eval_sparsity is None or step % self.EVAL_SPARSITY_EVERY == 0:
+            self._last_eval_sparsity = self.eval_sparsity()
+        return self._last_eval_sparsity
 
     # -- forward -------------------------------------------------------------
 
@@ -351,7 +334,7 @@ class ESPnetPruneASRModel(ESPnetASRModel):
                 loss_lagrangian=loss_lagrangian.detach(),
                 expected_sparsity=expected.detach(),
                 target_sparsity=torch.tensor(target),
-                eval_sparsity=torch.tensor(self.eval_sparsity()),
+                eval_sparsity=torch.tensor(self._logged_eval_sparsity()),
                 max_overshoot=self.pruning.max_overshoot.detach().clone(),
                 lambda1=self.pruning.lambda1.detach().clone(),
                 lambda2=self.pruning.lambda2.detach().clone(),
@@ -436,20 +419,20 @@ def check_teacher_compatible(teacher: torch.nn.Module, student: ESPnetASRModel) 
 _ESPNET_MODEL_KEYS = set(inspect.signature(ESPnetASRModel.__init__).parameters)
 
 
-def eval_target_from_args(args: argparse.Namespace) -> Optional[Tuple[str, float, float, float]]:
-    """(cost kind, target sparsity, cost_seconds, cost_frames_per_second) of a pruning
-    run's training args, for :meth:`GatedConformerEncoder.set_eval_target`; None
-    when the args are not a pruning run's."""
+def eval_target_from_args(args: argparse.Namespace) -> Optional[Tuple[str, float, CostContext]]:
+    """(target kind, target sparsity, cost context) of a pruning run's training args,
+    for :func:`espnet_prune.targets.build_selector`; None when the args are not a
+    pruning run's."""
     conf = getattr(args, "model_conf", None) or {}
     if getattr(args, "model", None) != "prune_espnet" or conf.get("target") is None:
         return None
     kind, value = parse_target(conf["target"])
-    return (
-        TARGET_COSTS[kind],
-        value,
+    ctx = CostContext(
         float(conf.get("cost_seconds", 10.0)),
         float(conf.get("cost_frames_per_second", 100.0)),
+        int(conf.get("cost_tokens", 40)),
     )
+    return kind, value, ctx
 
 
 def plain_asr_args(args: argparse.Namespace) -> argparse.Namespace:

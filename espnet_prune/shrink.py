@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -70,11 +70,17 @@ def shrink_encoder(
     """
     blocks = [shrink_block(b, k) for b, k in zip(gated.encoders, gated.eval_selection())]
     structure = [block_structure(b) for b in blocks]
-    conf = pruned_encoder_conf(encoder_conf, structure)
+    channels = None
+    if gated.gated_frontend:
+        embed, channels = gated.embed.shrink(gated.frontend_keep())
+    conf = pruned_encoder_conf(encoder_conf, structure, channels)
     pruned = PrunedConformerEncoder(gated.dims.input_size, **conf)
     state = {
-        k: v for k, v in gated.state_dict().items() if not k.startswith("encoders.")
+        k: v for k, v in gated.state_dict().items()
+        if not k.startswith("encoders.") and not (channels is not None and k.startswith("embed."))
     }
+    if channels is not None:
+        state.update({f"embed.{k}": v for k, v in embed.state_dict().items()})
     for i, b in enumerate(blocks):
         state.update({f"encoders.{i}.{k}": v for k, v in b.state_dict().items()})
     load_strict(pruned, state, what="shrunk encoder")
@@ -101,10 +107,12 @@ def load_strict(module: torch.nn.Module, state: Dict[str, torch.Tensor], what: s
 def shrink_asr_model(
     model: torch.nn.Module, train_args: argparse.Namespace
 ) -> Tuple[torch.nn.Module, argparse.Namespace]:
-    """Replace a gated encoder of an ESPnet ASR model by its shrunk version.
+    """Replace the gated parts of an ESPnet ASR model by their shrunk versions.
 
-    Returns a new model (the input is untouched) and the updated training
-    arguments (``encoder: pruned_conformer`` and its ``encoder_conf``).
+    The encoder becomes a ``pruned_conformer``; the decoder a ``pruned_transformer``:
+    shrunk when it is gated, else the same dense weights in the class that decodes
+    fast (source keys/values once per utterance). Returns a new model (the input is
+    untouched) and the updated training arguments.
     """
     if not isinstance(model.encoder, GatedConformerEncoder):
         raise TypeError(
@@ -112,10 +120,29 @@ def shrink_asr_model(
         )
     was_training = model.training
     model = copy.deepcopy(model).eval()
+    args = copy.deepcopy(train_args)
+    if hasattr(model.decoder, "shrink"):  # gated decoder: selected jointly with the encoder
+        model.decoder, args.decoder_conf = model.decoder.shrink()
+        args.decoder = "pruned_transformer"
+    else:
+        model.decoder, decoder_name = fast_decoder(model.decoder)
+        args.decoder = decoder_name or args.decoder
     encoder, conf = shrink_encoder(model.encoder, dict(train_args.encoder_conf or {}))
     model.encoder = encoder
-    args = copy.deepcopy(train_args)
     args.encoder = "pruned_conformer"
     args.encoder_conf = conf
     return model.train(was_training), args
+
+
+def fast_decoder(decoder: Optional[torch.nn.Module]) -> Tuple[Optional[torch.nn.Module], Optional[str]]:
+    """An ESPnet ``transformer`` decoder as ``pruned_transformer`` (same weights, every
+    key checked, fast decoding); any other decoder unchanged. Returns (decoder, its
+    ESPnet name or None if unchanged)."""
+    from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
+
+    from espnet_prune.decoder import PrunedTransformerDecoder
+
+    if type(decoder) is not TransformerDecoder:
+        return decoder, None
+    return PrunedTransformerDecoder.from_transformer_decoder(decoder), "pruned_transformer"
 

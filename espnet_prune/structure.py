@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Dict, List, Mapping, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 
@@ -22,7 +22,9 @@ MODULES: Dict[str, tuple] = {
     "ffn2": ("ffn2_units", "feed_forward"),
 }
 #: Every gate granularity a gated block can have.
-GRANULARITIES: tuple = tuple(MODULES) + tuple(unit for unit, _ in MODULES.values())
+GRANULARITIES: tuple = (
+    tuple(MODULES) + tuple(unit for unit, _ in MODULES.values()) + ("subsampling_channels",)
+)
 
 _CONFORMER_DEFAULTS = {
     name: p.default
@@ -48,6 +50,8 @@ class ConformerDims:
         attention_type: ``abs`` (plain MHSA), ``legacy_rel`` or ``rel``.
         scaled_pos_enc: whether the positional encoding has its learnable scale.
         normalize_before: pre-norm blocks (required by the gated encoder).
+        subsampling_channels: output channels kept in each Conv2d of the front end
+            (None: ``output_size`` in every conv, the dense front end).
     """
 
     input_size: int
@@ -62,6 +66,7 @@ class ConformerDims:
     attention_type: str = "legacy_rel"
     scaled_pos_enc: bool = False
     normalize_before: bool = True
+    subsampling_channels: Optional[Tuple[int, ...]] = None
 
     @property
     def d_k(self) -> int:
@@ -97,6 +102,9 @@ class ConformerDims:
             attention_type=attention_type,
             scaled_pos_enc=pos == "scaled_abs_pos",
             normalize_before=bool(c["normalize_before"]),
+            subsampling_channels=(
+                tuple(int(x) for x in c["subsampling_channels"]) if c.get("subsampling_channels") else None
+            ),
         )
 
     def dense_block(self) -> "BlockStructure":

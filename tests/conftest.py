@@ -71,6 +71,9 @@ def set_random_gates(encoder, seed: int, p_close_module: float = 0.3) -> None:
             if gate.n == 1:
                 la = torch.full((1,), -10.0 if kill_block or torch.rand(1, generator=g).item() < p_close_module else 5.0)
             gate.log_alpha.data.copy_(la)
+    if getattr(encoder, "gated_frontend", False):
+        for gate in encoder.embed.gates:
+            gate.log_alpha.data.copy_(torch.randn(gate.n, generator=g) * 3.0)
 
 
 def randomize_batchnorm(module: torch.nn.Module, seed: int) -> None:

@@ -19,6 +19,7 @@ from conftest import CONF_VARIANTS, conf_variant, set_random_gates
 from espnet_prune.budget import UnitGroup, kept_cost, max_error, select_units
 from espnet_prune.cost import sparsity, structure_cost
 from espnet_prune.encoder import GatedConformerEncoder
+from espnet_prune.targets import CostContext
 
 REPO = Path(__file__).resolve().parents[1]
 TARGETS = [0.1, 0.23, 0.37, 0.5, 0.64, 0.77, 0.9]
@@ -117,9 +118,8 @@ def _check_encoder_lands_on_target(enc: GatedConformerEncoder, kind: str, target
     dims = enc.dims
     structure = enc.structure()
     achieved = float(sparsity(structure_cost(dims, structure)[kind], structure_cost(dims, dims.dense_structure())[kind]))
-    groups, _ = enc.unit_groups(kind, 10.0, 100.0)
-    _, dense = enc.eval_budget()
-    guaranteed = max_error(groups) / dense
+    guaranteed = enc.eval_selector.error_bound()
+    assert enc.eval_selector.achieved_sparsity() == pytest.approx(achieved, abs=1e-12)
     assert abs(achieved - target) <= guaranteed + 1e-12, (achieved, target, guaranteed)
     assert abs(achieved - target) <= bound, (achieved, target)
     return achieved
@@ -149,9 +149,13 @@ def test_selection_is_what_eval_mode_computes_and_what_the_cost_model_counts(tin
                 assert (whole > 0) == (idx.numel() > 0)
         block.eval_keep = None
     # kept cost of the groups + what no gate removes == the cost model of the structure
-    groups, constant = enc.unit_groups("block_params", 10.0, 100.0)
+    groups, constant = enc.unit_groups("params", "blocks", CostContext())
     flat = {(i, n): idx for i, keep in enumerate(sel) for n, idx in keep.items()}
     assert kept_cost(groups, flat) + constant == structure_cost(enc.dims, enc.structure())["block_params"]
+    # and the encoder scope adds the (here unpruned) front end and after_norm
+    groups, constant = enc.unit_groups("params", "encoder", CostContext())
+    flat.update({g.key: torch.arange(g.n) for g in groups if g.key[0] == "frontend"})
+    assert kept_cost(groups, flat) + constant == structure_cost(enc.dims, enc.structure())["params"]
 
 
 def test_midtraining_gates_still_land_on_target(tiny_conf):

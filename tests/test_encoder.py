@@ -63,7 +63,14 @@ def test_granularity_selection(tiny_conf):
     assert keys == {"heads.log_alpha", "conv.log_alpha"}
     assert enc.encoders[0].gates["heads"].n == tiny_conf["attention_heads"]
     full = GatedConformerEncoder(20, **tiny_conf)
-    assert set(full.encoders[0].gates) == set(GRANULARITIES)
+    assert set(full.encoders[0].gates) | {"subsampling_channels"} == set(GRANULARITIES)
+    assert full.gated_frontend and [g.n for g in full.embed.gates] == [tiny_conf["output_size"]] * 2
+    assert not enc.gated_frontend
+    linear = GatedConformerEncoder(20, **dict(tiny_conf, input_layer="linear"))
+    assert not linear.gated_frontend  # the default skips gates that do not apply ...
+    with pytest.raises(ValueError, match="subsampling_channels needs a conv front end"):
+        GatedConformerEncoder(20, gate_granularities=["subsampling_channels"],
+                              **dict(tiny_conf, input_layer="linear"))  # ... a named one fails
     assert full.encoders[0].gates["ffn1_units"].n == tiny_conf["linear_units"]
     assert full.encoders[0].gates["conv_channels"].n == tiny_conf["output_size"]
 
@@ -101,4 +108,4 @@ def test_print_config_shows_every_conformer_option():
     gated = get_default_kwargs(GatedConformerEncoder)
     assert {k: gated[k] for k in dense} == dense
     assert gated["gate_granularities"] is None and gated["gate_conf"] is None
-    assert get_default_kwargs(PrunedConformerEncoder) == dense
+    assert get_default_kwargs(PrunedConformerEncoder) == dict(dense, subsampling_channels=None)

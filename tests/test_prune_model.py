@@ -43,7 +43,7 @@ def _student_config(tmp_path, teacher_dir, encoder="gated_conformer", encoder_ov
     conf["model_conf"].update(
         teacher_config=str(teacher_dir / "config.yaml"),
         teacher_model_file=str(teacher_dir / "model.pth"),
-        target={"params": 0.5},
+        target={"encoder_params": 0.5},
         target_warmup_steps=10,
     )
     conf["model_conf"].update(model_conf)
@@ -90,7 +90,7 @@ def test_loss_terms_and_reversed_multiplier_gradients(tmp_path, teacher_dir):
     gap = (stats["expected_sparsity"] - stats["target_sparsity"]).item()
     expected_loss = (
         0.7 * stats["loss_asr"] + 0.2 * stats["loss_pred"] + 0.1 * stats["loss_layer"]
-        + 0.3 * gap + 0.5 * gap**2
+        + 0.3 * gap + (0.5 + model.sparsity_p_gain / 2) * gap**2
     )
     assert loss.item() == pytest.approx(expected_loss.item(), rel=1e-5)
     # 1 of 10 ramp steps, from the gates' initial expected sparsity to the target 0.5
@@ -110,7 +110,7 @@ def test_loss_terms_and_reversed_multiplier_gradients(tmp_path, teacher_dir):
 
 
 def test_target_ramp_and_step_counter(tmp_path, teacher_dir):
-    model = _build(_student_config(tmp_path, teacher_dir, target_warmup_steps=4, target={"macs": 0.4}))
+    model = _build(_student_config(tmp_path, teacher_dir, target_warmup_steps=4, target={"encoder_macs": 0.4}))
     model.train()
     seen = []
     for _ in range(6):
@@ -197,3 +197,34 @@ def test_distillation_only_mode_for_shrunk_students(tmp_path, teacher_dir):
             tmp_path, teacher_dir, encoder="pruned_conformer",
             encoder_overrides={"block_structures": blocks},
         ))
+
+
+def _with_gated_decoder(path, target):
+    import yaml
+
+    conf = yaml.safe_load(path.read_text())
+    conf["decoder"] = "gated_transformer"
+    conf["model_conf"]["target"] = target
+    path.write_text(yaml.safe_dump(conf))
+    return path
+
+
+def test_whole_model_pruning_gates_encoder_front_end_and_decoder(tmp_path, teacher_dir):
+    model = _build(_with_gated_decoder(_student_config(tmp_path, teacher_dir), {"params": 0.4}))
+    assert set(model.selector.parts) == {"encoder", "decoder"}
+    # the student is the teacher (decoder included) before pruning moves the gates
+    teacher = model.teacher.state_dict()
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in teacher.items())
+    model.train()
+    loss, stats, _ = model(*_batch())
+    loss.backward()
+    for part in (model.encoder.embed, model.decoder):
+        grads = [p.grad for p in part.gate_parameters()]
+        assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
+    assert abs(model.eval_sparsity() - 0.4) <= model.selector.error_bound()
+
+
+def test_scoped_target_with_gates_outside_its_scope_is_refused(tmp_path, teacher_dir):
+    config = _with_gated_decoder(_student_config(tmp_path, teacher_dir), {"encoder_params": 0.4})
+    with pytest.raises(ValueError, match=r"model_conf.target.encoder_params covers the encoder only"):
+        _build(config)

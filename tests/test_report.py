@@ -120,7 +120,8 @@ def test_report_against_independent_references(setup, tmp_path):
 
     head, rows = _summary_rows(md)
     assert head == ["model", "WER dev_clean", "WER test", "params (M)", "params ratio",
-                    "enc params (M)", "enc MACs@10s (G)", "MACs ratio", "enc latency ratio",
+                    "enc params (M)", "enc MACs@10s (G)", "MACs ratio", "dec MACs/token ratio",
+                    "inference MACs ratio", "enc latency ratio",
                     "decode RTF (ESPnet decoder)", "decode RTF (fast decoder)", "RTF ratio"]
     assert list(rows) == ["baseline", "pruned"]  # no published row without --published
     assert "published" not in js and "not reproduced" not in md
@@ -158,6 +159,21 @@ def test_report_against_independent_references(setup, tmp_path):
     assert rows["pruned"]["MACs ratio"] == f"{macs['pruned'] / macs['baseline']:.3f}"
     assert rows["pruned"]["enc MACs@10s (G)"] == f"{macs['pruned'] / 1e9:.3f}"
     assert by["pruned"]["sparsity"]["macs_encoder"] == pytest.approx(1 - macs["pruned"] / macs["baseline"])
+    # inference MACs: encoder + CTC projection + 40 decoded tokens (both decoders are the same)
+    from espnet_prune.cost import frontend_cost
+    from espnet_prune.decoder import DecoderDims, decoder_cost
+
+    t_enc = frontend_cost(dims, 1000)[2]
+    for name, model in s["models"].items():
+        conf = yaml.safe_load((s["dirs"][name] / "config.yaml").read_text())["decoder_conf"]
+        ddims = DecoderDims.from_decoder_conf(model.vocab_size, 32, conf)
+        dec = decoder_cost(ddims, ddims.dense_structure(), memory_frames=t_enc, tokens=40)
+        ctc = t_enc * 32 * model.vocab_size
+        assert by[name]["inference_macs"] == macs[name] + ctc + dec["utterance_macs"]
+        assert by[name]["decoder_token_macs"] == pytest.approx((dec["utterance_macs"] - dec["memory_macs"]) / 40)
+    assert rows["pruned"]["dec MACs/token ratio"] == "1.000"
+    assert rows["pruned"]["inference MACs ratio"] == (
+        f"{by['pruned']['inference_macs'] / by['baseline']['inference_macs']:.3f}")
 
     # timing: first 3 utterances of the set, positive finite ratios, reference ratio 1
     assert js["timing"]["utterances"] == ["s2-u1", "s2-u2", "s2-u3"]

@@ -30,13 +30,16 @@ def _random_model_weights(module, seed):
 
 @pytest.mark.parametrize("variant", sorted(CONF_VARIANTS))
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_shrunk_encoder_equals_gated_eval(variant, seed):
+@pytest.mark.parametrize("target", [None, "encoder_params"])
+def test_shrunk_encoder_equals_gated_eval(variant, seed, target):
     conf = conf_variant(variant)
     conf["num_blocks"] = 4
     gated = GatedConformerEncoder(20, **conf)
     _random_model_weights(gated, seed)
     randomize_batchnorm(gated, seed)
     set_random_gates(gated, seed)
+    if target is not None:  # the front end is pruned too (encoder scope)
+        gated.set_eval_target(target, 0.4)
     gated.eval()
     pruned, pconf = shrink_encoder(gated, conf)
     assert isinstance(pruned, PrunedConformerEncoder)
@@ -50,7 +53,13 @@ def test_shrunk_encoder_equals_gated_eval(variant, seed):
     assert diff <= 1e-4
     # the gates really removed something, and the shrunk size is what the cost model says
     n = sum(p.numel() for p in pruned.parameters())
-    assert n == structure_cost(gated.dims, gated.structure())["params"]
+    assert n == structure_cost(pruned.dims, pruned.structure())["params"]
+    if target is None:
+        assert n == structure_cost(gated.dims, gated.structure())["params"]
+    else:
+        assert n == gated.eval_selector.achieved_cost()
+        if gated.gated_frontend:
+            assert "subsampling_channels" in pconf
     assert n < sum(p.numel() for p in gated.parameters()) - sum(
         p.numel() for p in gated.gate_parameters()
     )

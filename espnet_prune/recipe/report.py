@@ -233,15 +233,25 @@ def load_inference_options(path: Optional[str]) -> Tuple[Dict[str, Any], List[st
 # --------------------------------------------------------------------------- size
 
 
-def model_size(model, args: argparse.Namespace, seconds: float, fps: float) -> Dict[str, Any]:
-    """Params of the built model and exact encoder MACs at ``seconds`` of audio."""
+def model_size(model, args: argparse.Namespace, seconds: float, fps: float,
+               tokens: int = 40) -> Dict[str, Any]:
+    """Params of the built model; exact encoder MACs at ``seconds`` of audio, decoder MACs
+    per output token and inference MACs (encoder + CTC + decoder for ``tokens`` tokens, one
+    hypothesis, the ``macs`` target's convention of :mod:`espnet_prune.targets`)."""
     from espnet_prune.bin.profile import encoder_dims_and_structure
-    from espnet_prune.cost import structure_cost
+    from espnet_prune.cost import frontend_cost, structure_cost
     from espnet_prune.model_io import param_breakdown
+    from espnet_prune.targets import dense_decoder_macs
 
     dims, structure = encoder_dims_and_structure(model, args)
     cost = structure_cost(dims, structure, seconds, fps)
+    t_enc = frontend_cost(dims, int(round(seconds * fps)))[2]
+    ctc = t_enc * dims.output_size * model.ctc.ctc_lo.out_features if model.ctc is not None else 0
+    decoder = dense_decoder_macs(model.decoder, t_enc, tokens) if model.decoder is not None else 0.0
+    memory = dense_decoder_macs(model.decoder, t_enc, 0) if model.decoder is not None else 0.0
     return {
+        "decoder_token_macs": (decoder - memory) / tokens,
+        "inference_macs": int(cost["macs"] + ctc + decoder),
         "params": param_breakdown(model),
         "block_params": int(cost["block_params"]),
         "encoder_macs": int(cost["macs"]),
@@ -367,6 +377,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
     p.add_argument("--frames_per_second", type=float, default=100.0)
     p.add_argument("--macs_seconds", type=float, default=10.0, help="audio length for MACs")
+    p.add_argument("--macs_tokens", type=int, default=40,
+                   help="output tokens decoded for the inference MACs (one hypothesis)")
     p.add_argument("--fast_decoder", type=_str2bool, default=True,
                    help="also time each model with the fast exact decoder (espnet_prune.fast_decoding)")
     p.add_argument("--published", default=None, choices=sorted(PUBLISHED),
@@ -416,7 +428,7 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
             if getattr(model, "frontend", None) is not None:
                 raise ReportError(f"{d / 'config.yaml'}: the model has a frontend; the report "
                                   "feeds precomputed features (train with --input_size)")
-            size = model_size(model, args, a.macs_seconds, a.frames_per_second)
+            size = model_size(model, args, a.macs_seconds, a.frames_per_second, a.macs_tokens)
             for utt, mat in utts[:1]:
                 if mat.shape[1] != size["input_size"]:
                     raise ReportError(f"{Path(a.data_dir) / latency_set / 'feats.scp'}: {utt} has "
@@ -431,6 +443,8 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
             r["params_ratio"] = p["total"] / bp["total"]
             r["encoder_params_ratio"] = p["encoder"] / bp["encoder"]
             r["macs_ratio"] = r["encoder_macs"] / base["encoder_macs"]
+            r["decoder_token_macs_ratio"] = r["decoder_token_macs"] / base["decoder_token_macs"]
+            r["inference_macs_ratio"] = r["inference_macs"] / base["inference_macs"]
             r["sparsity"] = {
                 "params_whole_model": 1 - p["total"] / bp["total"],
                 "params_encoder": 1 - p["encoder"] / bp["encoder"],
@@ -523,6 +537,7 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
             "latency_utts": a.latency_utts, "latency_repeats": a.latency_repeats,
             "decode_repeats": a.decode_repeats, "threads": a.threads,
             "frames_per_second": a.frames_per_second, "macs_seconds": a.macs_seconds,
+            "macs_tokens": a.macs_tokens,
             "fast_decoder": a.fast_decoder,
         },
         "timing": timing_info,
@@ -559,6 +574,12 @@ DEFINITIONS = (
     "**enc MACs@{sec:g}s**: multiply-accumulates of the encoder's matrix products and "
     "convolutions (subsampling front end + blocks) for {sec:g} s of audio at "
     "{fps:g} frames/s, from the exact cost model `espnet_prune.cost`. "
+    "**dec MACs/token**: the decoder's multiply-accumulates per output token of one "
+    "hypothesis (self attention over the prefix, source attention over the encoder output, "
+    "FFN, output layer; averaged over {tok} tokens), as the fast decoder runs it "
+    "(`espnet_prune.decoder.decoder_cost`). **inference MACs**: encoder + CTC projection + "
+    "decoder for {tok} tokens of one hypothesis, source keys/values once per utterance "
+    "(the `macs` target of `espnet_prune.targets`). "
     "**Sparsity** = 1 - cost(model) / cost(reference), given below for params of the whole "
     "model, of the encoder and of the prunable blocks, and for MACs of the whole encoder and "
     "of the blocks. "
@@ -597,6 +618,7 @@ def format_markdown(r: Dict[str, Any]) -> str:
     L += ["## Definitions", "",
           DEFINITIONS.format(ref=st["reference_model"], decode=st["decode_name"], sec=sec,
                              fps=st["frames_per_second"], threads=st["threads"],
+                             tok=st.get("macs_tokens", 40),
                              reps=st["latency_repeats"], n=len(r["timing"]["utterances"]),
                              lset=st["latency_set"], inf=st["inference_config"] or "defaults",
                              dreps=st["decode_repeats"]), ""]
@@ -608,8 +630,8 @@ def format_markdown(r: Dict[str, Any]) -> str:
     # ---- summary
     head = (["model"] + [f"WER {s}" for s in sets]
             + ["params (M)", "params ratio", "enc params (M)", f"enc MACs@{sec:g}s (G)",
-               "MACs ratio", "enc latency ratio", "decode RTF (ESPnet decoder)",
-               "decode RTF (fast decoder)", "RTF ratio"])
+               "MACs ratio", "dec MACs/token ratio", "inference MACs ratio", "enc latency ratio",
+               "decode RTF (ESPnet decoder)", "decode RTF (fast decoder)", "RTF ratio"])
     L += ["## Summary", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in rows:
         lat, dec = m.get("encoder_latency") or {}, m.get("decode") or {}
@@ -618,14 +640,15 @@ def format_markdown(r: Dict[str, Any]) -> str:
         cells = ([_cell(m["name"])] + [_f(m["wer"][s]["Err"], ".1f") for s in sets]
                  + [_f(m["params"]["total"] / 1e6, ".2f"), _f(m["params_ratio"], ".3f"),
                     _f(m["params"]["encoder"] / 1e6, ".2f"), _f(m["encoder_macs"] / 1e9, ".3f"),
-                    _f(m["macs_ratio"], ".3f"), _f(lat.get("ratio"), ".3f"),
+                    _f(m["macs_ratio"], ".3f"), _f(m.get("decoder_token_macs_ratio"), ".3f"),
+                    _f(m.get("inference_macs_ratio"), ".3f"), _f(lat.get("ratio"), ".3f"),
                     _f(esp.get("rtf"), ".3g"), _f(fast_rtf, ".3g"), _f(dec.get("ratio"), ".3f")])
         L.append("| " + " | ".join(cells) + " |")
     pub = r.get("published")
     if pub:
         cells = ([_cell(f"{pub['label']} (published, not reproduced here)")]
                  + [_f(pub["wer"][s]["Err"], ".1f") if s in pub["wer"] else "-" for s in sets]
-                 + ["-"] * 9)
+                 + ["-"] * 11)
         L.append("| " + " | ".join(cells) + " |")
         L += ["", f"Published reference ({pub['source']}): "
               + ", ".join(f"{s} {v['Err']:.1f}" for s, v in pub["wer"].items())

@@ -23,7 +23,9 @@ train_config=""           # default: ${conf_dir}/train_asr_conformer.yaml
 prune_config=""
 finetune_config=""
 inference_config=""
-prune_targets="0.5"       # space-separated: "0.5" (params) or "params:0.5" / "macs:0.5"
+prune_targets="0.5"       # space-separated: "0.5" (of --target_kind) or "KIND:0.5", KIND one of
+                          # params macs (whole model) encoder_params encoder_macs block_params block_macs
+target_kind=params        # kind of a bare number in --prune_targets (params: the whole model)
 finetune=true             # fine-tune each shrunk model with distillation
 test_sets=""
 n_mels=80
@@ -87,8 +89,8 @@ train_dump=${dump}/${train_set}_filt
 baseline=${exp}/asr_baseline
 inference_tag=$(basename "${inference_config}" .yaml)
 
-# "0.5" -> params:0.5; tag "params0.5"
-parse_target() { local t=$1; [[ $t == *:* ]] || t=params:$t; echo "$t"; }
+# "0.5" -> params:0.5 (--target_kind); tag "params0.5"
+parse_target() { local t=$1; [[ $t == *:* ]] || t=${target_kind}:$t; echo "$t"; }
 target_tag() { local t; t=$(parse_target "$1"); echo "${t%%:*}${t#*:}"; }
 
 # is $1 newer than (or as new as) all of $2...? (missing $1 -> no)

@@ -1,0 +1,302 @@
+"""Pruning targets: which cost a target names, its expected value, and the structure that meets it.
+
+A target is one mapping in ``model_conf.target``, ``{kind: sparsity}``:
+
+========================  =========================================================
+kind                      cost whose sparsity is held (DESIGN 2.2)
+========================  =========================================================
+``params``                parameters of the whole model (what ``model.pth`` holds:
+                          embeddings, CTC and output layers included)
+``macs``                  MACs of one inference on the reference utterance: encoder
+                          on ``cost_seconds`` of audio, CTC projection, and the
+                          decoder run incrementally for ``cost_tokens`` tokens (one
+                          hypothesis, source keys/values once per utterance)
+``encoder_params``        parameters of the encoder
+``encoder_macs``          MACs of the encoder on ``cost_seconds`` of audio
+``block_params``          parameters of the Conformer blocks
+``block_macs``            MACs of the Conformer blocks
+========================  =========================================================
+
+Every gated part of the model (the encoder's blocks and front end, the decoder)
+reports its prunable units as :class:`~espnet_prune.budget.UnitGroup` objects with
+differentiable keep scores (``unit_groups(metric, scope, ctx)``); what no gate can
+remove is a constant. From those, :class:`TargetSelector` gives the differentiable
+expected cost that training drives to the target, and the deterministic structure
+of the exact-target rule (:func:`~espnet_prune.budget.select_units`) that eval mode,
+``eval_sparsity`` and the shrinker use; it hands each part its share of the
+selection (``part.eval_selector``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Dict, Hashable, List, Mapping, Optional, Tuple
+
+import torch
+
+from espnet_prune.budget import UnitGroup, expected_cost, kept_cost, max_error, select_units
+
+Tensor = torch.Tensor
+
+#: target kind -> (metric, scope)
+TARGET_KINDS: Dict[str, Tuple[str, str]] = {
+    "params": ("params", "model"),
+    "macs": ("macs", "model"),
+    "encoder_params": ("params", "encoder"),
+    "encoder_macs": ("macs", "encoder"),
+    "block_params": ("params", "blocks"),
+    "block_macs": ("macs", "blocks"),
+}
+
+
+@dataclass(frozen=True)
+class CostContext:
+    """Reference input of the MACs costs.
+
+    Attributes:
+        seconds: audio length of the reference utterance (s).
+        frames_per_second: feature frames per second (100 for a 10 ms hop).
+        tokens: output tokens the decoder produces for it (one hypothesis).
+        memory_frames: encoder output frames for it (set by :func:`build_selector`
+            from the encoder's subsampling; what the decoder's source attention reads).
+    """
+
+    seconds: float = 10.0
+    frames_per_second: float = 100.0
+    tokens: int = 40
+    memory_frames: Optional[int] = None
+
+    @property
+    def input_frames(self) -> int:
+        return int(round(self.seconds * self.frames_per_second))
+
+
+def parse_target(target: Any) -> Tuple[str, float]:
+    """``{kind: x}`` with x in [0, 1) -> (kind, x), errors naming ``model_conf.target``."""
+    if not isinstance(target, Mapping) or len(target) != 1:
+        raise ValueError(
+            "model_conf.target must be one mapping like {params: 0.5} or {macs: 0.5}, "
+            f"got {target!r}"
+        )
+    (kind, value), = target.items()
+    if kind not in TARGET_KINDS:
+        raise ValueError(f"model_conf.target.{kind}: unknown cost; choose from {list(TARGET_KINDS)}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"model_conf.target.{kind}={value!r} is not a number") from None
+    if not (0.0 <= value < 1.0) or math.isnan(value):
+        raise ValueError(f"model_conf.target.{kind}={value} must be in [0, 1)")
+    return kind, value
+
+
+class TargetSelector:
+    """Expected cost and exact-target structure of a model's gated parts for one target.
+
+    Args:
+        parts: name -> gated module with ``unit_groups(metric, scope, ctx)``.
+        kind: a key of :data:`TARGET_KINDS`.
+        sparsity: target sparsity, or None to aim at the gates' own expected cost.
+        ctx: reference input of the MACs.
+        rest: cost of what is outside every part, in ``(metric, scope)`` (e.g. the
+            embeddings and output layers for ``params``), added to the constant.
+    """
+
+    def __init__(
+        self,
+        parts: Dict[str, torch.nn.Module],
+        kind: str,
+        sparsity: Optional[float],
+        ctx: CostContext = CostContext(),
+        rest: float = 0.0,
+    ) -> None:
+        if kind not in TARGET_KINDS:
+            raise ValueError(f"unknown target kind {kind!r}; choose from {list(TARGET_KINDS)}")
+        self.parts = parts
+        self.kind = kind
+        self.metric, self.scope = TARGET_KINDS[kind]
+        self.sparsity = sparsity
+        self.ctx = ctx
+        self.rest = float(rest)
+        self._cache: Optional[Tuple[Tuple, Dict[str, Dict[Hashable, Tensor]]]] = None
+        self._dense: Optional[float] = None
+
+    def attach(self) -> "TargetSelector":
+        """Make every part's eval mode use this selector's structure."""
+        for part in self.parts.values():
+            object.__setattr__(part, "eval_selector", self)
+        return self
+
+    # -- costs ------------------------------------------------------------
+
+    def groups(self) -> Tuple[List[UnitGroup], Tensor]:
+        """All parts' groups (keys ``(part, key)``, differentiable scores) and the constant."""
+        groups: List[UnitGroup] = []
+        constant: Any = self.rest
+        for name, part in self.parts.items():
+            part_groups, part_constant = part.unit_groups(self.metric, self.scope, self.ctx)
+            constant = constant + part_constant
+            for g in part_groups:
+                groups.append(
+                    UnitGroup(
+                        (name, g.key), g.scores, g.unit_cost, g.fixed_cost,
+                        {(name, k): c for k, c in g.pair_costs.items()}, g.presence,
+                    )
+                )
+        return groups, constant
+
+    def dense_cost(self) -> float:
+        """Cost of the unpruned model (computed once: gates do not change it)."""
+        if self._dense is None:
+            with torch.no_grad():
+                groups, constant = self.groups()
+                self._dense = float(kept_cost(groups, {g.key: torch.arange(g.n) for g in groups}) + float(constant))
+        return self._dense
+
+    def expected_cost(self) -> Tensor:
+        """Differentiable expected cost of the gates."""
+        groups, constant = self.groups()
+        return expected_cost(groups) + constant
+
+    def expected_sparsity(self) -> Tensor:
+        return 1.0 - self.expected_cost() / self.dense_cost()
+
+    def error_bound(self) -> float:
+        """The sparsity error the exact-target rule guarantees (``budget.max_error / dense``)."""
+        groups, _ = self.groups()
+        return max_error(groups) / self.dense_cost()
+
+    # -- the deterministic structure --------------------------------------
+
+    @torch.no_grad()
+    def _version_key(self) -> Tuple:
+        """Changes whenever a gate changes: in-place updates bump ``_version``, and the
+        checksum catches writes through ``.data`` (which keep the version counter)."""
+        params = [p for part in self.parts.values() for p in part.gate_parameters()]
+        flat = torch.cat([p.detach().reshape(-1) for p in params]).double()
+        weights = torch.arange(1, flat.numel() + 1, dtype=flat.dtype, device=flat.device)
+        checksum = (float(flat.sum()), float((flat * weights).sum()))
+        return tuple((id(p), p._version, p.data_ptr()) for p in params) + checksum + (self.sparsity,)
+
+    @torch.no_grad()
+    def selection(self) -> Dict[str, Dict[Hashable, Tensor]]:
+        """Per part, the kept unit indices of every group (cached until a gate changes)."""
+        version = self._version_key()
+        if self._cache is not None and self._cache[0] == version:
+            return self._cache[1]
+        groups, constant = self.groups()
+        if self.sparsity is None:
+            budget = float(expected_cost(groups) + constant)
+        else:
+            budget = (1.0 - float(self.sparsity)) * self.dense_cost()
+        kept = select_units(groups, max(budget - float(constant), 0.0))
+        out: Dict[str, Dict[Hashable, Tensor]] = {name: {} for name in self.parts}
+        for (name, key), idx in kept.items():
+            out[name][key] = idx
+        self._cache = (version, out)
+        return out
+
+    def for_part(self, part: torch.nn.Module) -> Dict[Hashable, Tensor]:
+        for name, p in self.parts.items():
+            if p is part:
+                return self.selection()[name]
+        raise KeyError("this module is not a part of the selector")
+
+    @torch.no_grad()
+    def achieved_cost(self) -> float:
+        """Exact cost of the deterministic structure."""
+        groups, constant = self.groups()
+        sel = self.selection()
+        flat = {(name, key): idx for name, keep in sel.items() for key, idx in keep.items()}
+        return kept_cost(groups, flat) + float(constant)
+
+    def achieved_sparsity(self) -> float:
+        return 1.0 - self.achieved_cost() / self.dense_cost()
+
+
+def gated_parts(model: torch.nn.Module) -> Dict[str, torch.nn.Module]:
+    """The gated parts of an ESPnet ASR model (those with ``unit_groups``)."""
+    parts = {}
+    for name in ("encoder", "decoder"):
+        part = getattr(model, name, None)
+        if part is not None and hasattr(part, "unit_groups"):
+            parts[name] = part
+    return parts
+
+
+def model_params(model: torch.nn.Module) -> int:
+    """Parameters a plain ESPnet model saves: no gates, no pruning state."""
+    return sum(
+        p.numel()
+        for name, p in model.named_parameters()
+        if not name.endswith("log_alpha") and not name.startswith("pruning.")
+    )
+
+
+def _rest_of_model(model: torch.nn.Module, parts: Dict[str, torch.nn.Module], metric: str,
+                   ctx: CostContext) -> float:
+    """Cost of everything outside the gated parts, for the ``model`` scope."""
+    if metric == "params":
+        inner = TargetSelector(parts, "params", None, ctx)
+        return float(model_params(model) - inner.dense_cost())
+    t_enc = ctx.memory_frames
+    d = model.encoder.dims.output_size
+    macs = 0.0
+    if getattr(model, "ctc", None) is not None:
+        macs += t_enc * d * model.ctc.ctc_lo.out_features
+    decoder = getattr(model, "decoder", None)
+    if decoder is not None and "decoder" not in parts:
+        macs += float(dense_decoder_macs(decoder, t_enc, ctx.tokens))
+    return macs
+
+
+def dense_decoder_macs(decoder: torch.nn.Module, memory_frames: int, tokens: int) -> float:
+    """MACs of one hypothesis decoded for ``tokens`` steps by a (pruned) Transformer decoder,
+    source keys/values once per utterance (:func:`espnet_prune.decoder.decoder_cost`)."""
+    from espnet_prune.decoder import DecoderDims, _transformer_options, decoder_cost
+
+    if hasattr(decoder, "cost"):
+        return float(decoder.cost(memory_frames=memory_frames, tokens=tokens)["utterance_macs"])
+    opts = _transformer_options(decoder)
+    dims = DecoderDims.from_decoder_conf(opts.pop("vocab_size"), opts.pop("encoder_output_size"), opts)
+    return float(decoder_cost(dims, dims.dense_structure(), memory_frames=memory_frames, tokens=tokens)["utterance_macs"])
+
+
+def build_selector(model: torch.nn.Module, kind: str, sparsity: Optional[float],
+                   ctx: CostContext = CostContext()) -> TargetSelector:
+    """The selector of ``model``'s gated parts for target ``{kind: sparsity}``."""
+    parts = gated_parts(model)
+    if "encoder" not in parts:
+        raise ValueError(f"{type(model.encoder).__name__} has no gates: nothing to prune")
+    from espnet_prune.cost import frontend_cost
+
+    ctx = dataclasses.replace(ctx, memory_frames=frontend_cost(model.encoder.dims, ctx.input_frames)[2])
+    metric, scope = TARGET_KINDS[kind]
+    if scope != "model":
+        outside = [name for name in parts if name != "encoder"]
+        if scope == "blocks" and parts["encoder"].gated_frontend:
+            outside.append("encoder front end (subsampling_channels)")
+        if outside and sparsity is not None:
+            raise ValueError(
+                f"model_conf.target.{kind} covers the {scope} only, but {outside} also "
+                "have gates, which nothing would hold to a budget: use a target whose scope "
+                "covers them (params or macs for the decoder, encoder_* for the front end) "
+                "or remove those gates"
+            )
+        parts = {"encoder": parts["encoder"]}
+    rest = _rest_of_model(model, parts, metric, ctx) if scope == "model" else 0.0
+    selector = TargetSelector(parts, kind, sparsity, ctx, rest)
+    if sparsity is not None:
+        with torch.no_grad():
+            _, constant = selector.groups()
+        reachable = 1.0 - float(constant) / selector.dense_cost()
+        if sparsity > reachable:
+            raise ValueError(
+                f"model_conf.target.{kind}={sparsity} cannot be reached: with every gate of "
+                f"{sorted(parts)} closed the sparsity is {reachable:.3f} (gate more of the "
+                "model, e.g. the front end or the decoder, or choose a scoped target such "
+                "as block_params)"
+            )
+    return selector

@@ -8,6 +8,7 @@ conv channels kept, where 0 means the whole module is gone.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
@@ -118,6 +119,10 @@ class ConformerDims:
 
     def dense_structure(self) -> List["BlockStructure"]:
         return [self.dense_block() for _ in range(self.num_blocks)]
+
+    def dense_dims(self) -> "ConformerDims":
+        """These dimensions with the dense front end (every Conv2d at ``output_size``)."""
+        return dataclasses.replace(self, subsampling_channels=None)
 
 
 @dataclass(frozen=True)

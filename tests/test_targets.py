@@ -82,3 +82,26 @@ def test_selection_is_cached_until_a_gate_changes(gated_model):
     second = selector.selection()
     model.encoder.encoders[1].gates["heads"].log_alpha.data.add_(1.0)
     assert selector.selection() is not second
+
+
+def test_pruned_front_end_sparsity_is_measured_against_the_dense_front_end(gated_model):
+    """Reports compare a pruned encoder with the dense one, front end included."""
+    from espnet_prune.cost import structure_cost
+
+    model, args = gated_model
+    set_random_gates(model.encoder, 5)
+    build_selector(model, "encoder_macs", 0.5).attach()
+    shrunk, _ = shrink_asr_model(model, args)
+    dims = shrunk.encoder.dims
+    assert dims.subsampling_channels is not None and dims.subsampling_channels != (32, 32)
+    dense = structure_cost(dims.dense_dims(), dims.dense_structure())["macs"]
+    assert dense == structure_cost(model.encoder.dims, model.encoder.dims.dense_structure())["macs"]
+    assert dense == count_encoder_macs(build_asr_dense(args), 20, 1000)
+
+
+def build_asr_dense(args):
+    """The dense encoder of the same configuration (ESPnet's ConformerEncoder)."""
+    from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
+
+    conf = {k: v for k, v in args.encoder_conf.items() if k not in ("gate_granularities", "gate_conf")}
+    return ConformerEncoder(20, **conf)

@@ -151,7 +151,7 @@ def profile(model: torch.nn.Module, args: argparse.Namespace, seconds: float,
             tokens: int = 40) -> Dict[str, Any]:
     dims, structure = encoder_dims_and_structure(model, args)
     cost = structure_cost(dims, structure, seconds, fps)
-    dense = structure_cost(dims, dims.dense_structure(), seconds, fps)
+    dense = structure_cost(dims.dense_dims(), dims.dense_structure(), seconds, fps)
     params = param_breakdown(model)
     gates = getattr(model.encoder, "gate_parameters", lambda: [])()
     params["gates"] = sum(p.numel() for p in gates)
@@ -167,6 +167,8 @@ def profile(model: torch.nn.Module, args: argparse.Namespace, seconds: float,
         "encoder": type(model.encoder).__name__,
         "block_structures": [s.to_dict() for s in structure],
     }
+    if dims.subsampling_channels is not None:
+        out["subsampling_channels"] = list(dims.subsampling_channels)
     if count_macs:
         out["macs_counted"] = count_encoder_macs(model.encoder, dims.input_size, int(round(seconds * fps)))
     from espnet_prune.cost import frames_after_frontend

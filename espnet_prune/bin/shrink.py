@@ -63,7 +63,7 @@ def main(cmd: Optional[List[str]] = None) -> dict:
     before, after = param_breakdown(gated), param_breakdown(rebuilt)
     dims = rebuilt.encoder.dims
     seconds, fps = (target[2].seconds, target[2].frames_per_second) if target is not None else (10.0, 100.0)
-    dense = structure_cost(dims, dims.dense_structure(), seconds, fps)
+    dense = structure_cost(dims.dense_dims(), dims.dense_structure(), seconds, fps)
     pruned = structure_cost(dims, rebuilt.encoder.structure(), seconds, fps)
     gates = getattr(gated.encoder, "gate_parameters", lambda: [])()
     summary = {
@@ -76,6 +76,8 @@ def main(cmd: Optional[List[str]] = None) -> dict:
         "encoder_macs_sparsity": float(sparsity(pruned["macs"], dense["macs"])),
         "block_structures": [s.to_dict() for s in rebuilt.encoder.structure()],
     }
+    if dims.subsampling_channels is not None:
+        summary["subsampling_channels"] = list(dims.subsampling_channels)
     summary["params_sparsity"] = 1.0 - after["total"] / model_params(gated)
     if target is not None:
         kind, value = target[0], target[1]

@@ -51,13 +51,22 @@ def half_structure_args(args):
     return out
 
 
-def inference_macs(model, frames: int, tokens: int) -> float:
+def encoder_macs(model, args, frames: int) -> float:
+    from espnet_prune.bin.profile import encoder_dims_and_structure
+    from espnet_prune.cost import structure_cost
+
+    dims, structure = encoder_dims_and_structure(model, args)
+    return structure_cost(dims, structure, frames / 100.0, 100.0)["macs"]
+
+
+def inference_macs(model, args, frames: int, tokens: int) -> float:
     """Encoder + CTC + one hypothesis decoded for ``tokens`` steps (targets.py convention)."""
-    from espnet_prune.cost import frontend_cost, structure_cost
+    from espnet_prune.bin.profile import encoder_dims_and_structure
+    from espnet_prune.cost import frontend_cost
     from espnet_prune.targets import dense_decoder_macs
 
-    dims = model.encoder.dims
-    enc = structure_cost(dims, model.encoder.structure(), frames / 100.0, 100.0)["macs"]
+    dims, _ = encoder_dims_and_structure(model, args)
+    enc = encoder_macs(model, args, frames)
     t_enc = frontend_cost(dims, frames)[2]
     ctc = t_enc * dims.output_size * model.ctc.ctc_lo.out_features
     return enc + ctc + dense_decoder_macs(model.decoder, t_enc, tokens)
@@ -96,8 +105,10 @@ def main(argv: List[str] = None) -> int:
     torch.manual_seed(0)
     dense, args = build_from_any_config(str(REPO / "conf/train_asr_conformer.yaml"), a.vocab_size)
     dense.decoder, _ = fast_decoder(dense.decoder)
-    pruned = ASRTask.build_model(half_structure_args(args))
+    half_args = half_structure_args(args)
+    pruned = ASRTask.build_model(half_args)
     models = {"dense": dense.eval(), "half": pruned.eval()}
+    margs = {"dense": args, "half": half_args}
     for m in models.values():
         with torch.no_grad():  # fixed decode length: no hypothesis ends early
             m.decoder.output_layer.bias[m.eos] = -1e4
@@ -105,11 +116,8 @@ def main(argv: List[str] = None) -> int:
     print(f"# params: dense {n['dense']:,}, half {n['half']:,}, ratio {n['half'] / n['dense']:.3f}")
     for seconds in a.seconds:
         frames, tokens = int(100 * seconds), int(round(a.tokens_per_second * seconds))
-        e = {k: inference_macs(m, frames, tokens) for k, m in models.items()}
-        from espnet_prune.cost import structure_cost
-
-        em = {k: structure_cost(m.encoder.dims, m.encoder.structure(), seconds, 100.0)["macs"]
-              for k, m in models.items()}
+        e = {k: inference_macs(m, margs[k], frames, tokens) for k, m in models.items()}
+        em = {k: encoder_macs(m, margs[k], frames) for k, m in models.items()}
         print(f"# {seconds:g} s, {tokens} tokens: encoder MACs ratio {em['half'] / em['dense']:.3f}, "
               f"inference MACs ratio {e['half'] / e['dense']:.3f}")
     head = ("threads", "audio s", "beam", "enc latency ratio", "decode ratio", "dense decode s", "half decode s")

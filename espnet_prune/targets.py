@@ -300,3 +300,22 @@ def build_selector(model: torch.nn.Module, kind: str, sparsity: Optional[float],
                 "as block_params)"
             )
     return selector
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``python -m espnet_prune.targets KIND:VALUE ...``: check recipe targets before any work."""
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    for spec in argv:
+        kind, _, value = spec.partition(":")
+        try:
+            parse_target({kind: value})
+        except ValueError as e:
+            print(f"--prune_targets {spec}: {e}", file=sys.stderr)
+            return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

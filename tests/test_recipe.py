@@ -89,3 +89,17 @@ def test_corrupt_audio_stops_feature_stage_by_name(recipe):
     assert proc.returncode != 0
     assert utt in proc.stderr
     assert not (work / "dump/mini/fbank/test/.done").exists()
+
+
+def test_bad_target_fails_before_any_stage(tmp_path):
+    for name in ("run.sh", "path.sh", "cmd.sh", "db.sh"):
+        shutil.copy(RECIPE / name, tmp_path / name)
+    shutil.copytree(RECIPE / "local", tmp_path / "local")
+    (tmp_path / "conf").symlink_to(REPO / "conf")
+    for spec, message in (("0.5 1.5", "params=1.5 must be in [0, 1)"),
+                          ("flops:0.5", "target.flops: unknown cost")):
+        proc = _run(tmp_path, "--prune_targets", spec)
+        assert proc.returncode != 0
+        assert message in proc.stderr
+        assert "===== Stage" not in proc.stderr  # nothing ran
+        assert not (tmp_path / "exp").exists() and not (tmp_path / "data").exists()

@@ -96,6 +96,10 @@ target_tag() { local t; t=$(parse_target "$1"); echo "${t%%:*}${t#*:}"; }
 # is $1 newer than (or as new as) all of $2...? (missing $1 -> no)
 up_to_date() { local out=$1; shift; [ -e "$out" ] || return 1; local f; for f in "$@"; do [ "$f" -nt "$out" ] && return 1; done; return 0; }
 
+# check every target before any stage runs (kind and value, as model_conf.target will)
+targets_checked=(); for t in $prune_targets; do targets_checked+=("$(parse_target "$t")"); done
+python -m espnet_prune.targets "${targets_checked[@]}" || exit 1
+
 multi_gpu_args=""
 [ "$ngpu" -gt 1 ] && multi_gpu_args="--multiprocessing_distributed true"
 

@@ -42,7 +42,10 @@ failed=0
 for k in "${!pids[@]}"; do
     if ! wait "${pids[$k]}"; then
         failed=$((failed + 1))
-        echo "$0: job $((first + k)) failed, see ${log//$var/$((first + k))}" >&2
+        job_log=${log//$var/$((first + k))}
+        echo "$0: job $((first + k)) failed, see ${job_log}; its last lines:" >&2
+        # the error, without ESPnet's warnings and tracebacks frames in between
+        grep -v -e "Warning" -e "warnings.warn" -e "^\s*$" "$job_log" | tail -n 8 | sed 's/^/    /' >&2 || true
     fi
 done
 [ $failed -eq 0 ] || { echo "$0: $failed of $((last - first + 1)) jobs failed" >&2; exit 1; }

@@ -15,6 +15,10 @@ A :class:`HardConcreteGate` holds ``n`` independent stochastic gates ``z`` in
 
 ``P(z > 0) = sigmoid(log_alpha - beta * log(-l / r))`` is the differentiable
 keep probability used by the expected-cost model (:mod:`espnet_prune.cost`).
+
+The gated encoder, front end and decoder do not use a gate's own eval mask: which
+units a pruned model keeps is chosen for all gates together against the target's
+budget (:mod:`espnet_prune.budget`), and each kept unit gets :meth:`open_median`.
 """
 
 from __future__ import annotations

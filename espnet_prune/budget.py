@@ -26,8 +26,8 @@ Guarantee (tested exactly in ``tests/test_budget.py``): unless every unit is
 kept (budget at or above the full cost), ``|kept cost - budget| <= c_max / 2``
 where ``c_max = max over groups of (unit_cost + fixed_cost)`` (see
 :func:`max_error`). In sparsity terms the error is at most
-``c_max / (2 * dense cost)``: one half of the largest single unit, e.g. 0.0026
-for the LibriSpeech-100 encoder blocks and 0.016 for the 3-block test fixture
+``c_max / (2 * dense cost)``: one half of the largest single unit, e.g. 0.0022
+for the LibriSpeech-100 encoder blocks and 0.0135 for the 3-block test fixture
 (params). In practice steps 2-4 leave much less: the error is below the
 cheapest unit that was left out.
 

@@ -28,7 +28,7 @@ where ``c_max = max over groups of (unit_cost + fixed_cost)`` (see
 :func:`max_error`). In sparsity terms the error is at most
 ``c_max / (2 * dense cost)``: one half of the largest single unit, e.g. 0.0022
 for the LibriSpeech-100 encoder blocks and 0.0135 for the 3-block test fixture
-(params). In practice steps 2-4 leave much less: the error is below the
+(params). In practice steps 2-3 leave much less: the error is below the
 cheapest unit that was left out.
 
 The rule ranks; it does not assume that the expected cost of the gates is

@@ -76,6 +76,32 @@ class UnitGroup:
         return int(self.scores.numel())
 
 
+def module_group(
+    key: Hashable,
+    n: int,
+    unit_cost: float,
+    fixed_cost: float,
+    p_unit: Optional[Tensor] = None,
+    p_module: Optional[Tensor] = None,
+) -> Optional[UnitGroup]:
+    """The group of a gated module with ``n`` units (heads, FFN units, channels).
+
+    ``p_unit`` ``(n,)`` and ``p_module`` ``(1,)`` are the differentiable keep
+    probabilities of its unit gates and of its module gate, either may be None.
+    With unit gates a unit scores ``P(module) * P(unit)``; with only a module gate
+    the whole module is one unit. Returns None for a module without gates: its
+    cost ``n * unit_cost + fixed_cost`` is a constant.
+    """
+    if p_unit is not None:
+        scores, presence = p_unit, 1.0 - torch.prod(1.0 - p_unit)
+        if p_module is not None:
+            scores, presence = scores * p_module, presence * p_module[0]
+        return UnitGroup(key, scores, unit_cost, fixed_cost, presence=presence)
+    if p_module is not None:
+        return UnitGroup(key, p_module, n * unit_cost + fixed_cost, 0)
+    return None
+
+
 def max_error(groups: Sequence[UnitGroup]) -> float:
     """Bound on ``|kept cost - budget|`` that :func:`select_units` guarantees:
     half the largest marginal cost of one unit."""

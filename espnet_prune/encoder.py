@@ -24,7 +24,7 @@ from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from espnet_prune.options import inherit_signature
 
 from espnet_prune.blocks import ConformerBlock, as_masked_input, output_layer, unit_count
-from espnet_prune.budget import UnitGroup
+from espnet_prune.budget import UnitGroup, module_group
 from espnet_prune.cost import (
     ModuleCounts,
     block_constant_cost,
@@ -297,17 +297,15 @@ class GatedConformerEncoder(ConformerEncoder):
                     continue
                 unit_cost, fixed = module_unit_cost(self.dims, name, kind, t)
                 n = unit_count(module)
-                p_whole = block.gates[name].keep_prob() if name in block.gates else None
-                if unit_gate in block.gates:
-                    p_unit = block.gates[unit_gate].keep_prob()
-                    scores, presence = p_unit, 1.0 - torch.prod(1.0 - p_unit)
-                    if p_whole is not None:
-                        scores, presence = scores * p_whole, presence * p_whole[0]
-                    groups.append(UnitGroup((i, name), scores, unit_cost, fixed, presence=presence))
-                elif p_whole is not None:  # one unit: the whole module
-                    groups.append(UnitGroup((i, name), p_whole, unit_cost * n + fixed, 0))
-                else:
+                group = module_group(
+                    (i, name), n, unit_cost, fixed,
+                    block.gates[unit_gate].keep_prob() if unit_gate in block.gates else None,
+                    block.gates[name].keep_prob() if name in block.gates else None,
+                )
+                if group is None:
                     constant += unit_cost * n + fixed
+                else:
+                    groups.append(group)
         if scope in ("encoder", "model"):
             if self.gated_frontend:  # keys ("frontend", conv index)
                 fe_groups, fe_constant = self.embed.unit_groups(metric, ctx.input_frames)

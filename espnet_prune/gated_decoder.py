@@ -59,7 +59,7 @@ from espnet.nets.pytorch_backend.transformer.decoder_layer import DecoderLayer
 from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 
 from espnet_prune.blocks import MaskedInputLinear
-from espnet_prune.budget import UnitGroup
+from espnet_prune.budget import UnitGroup, module_group
 from espnet_prune.decoder import (
     SUBLAYERS,
     DecoderDims,
@@ -434,17 +434,15 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
             for name, (unit_gate, _, _, _) in SUBLAYERS.items():
                 unit_cost, fixed = costs[name]
                 n = _unit_count(layer.sublayer(name))
-                p_whole = layer.gates[name].keep_prob() if name in layer.gates else None
-                if unit_gate in layer.gates:
-                    p_unit = layer.gates[unit_gate].keep_prob()
-                    scores, presence = p_unit, 1.0 - torch.prod(1.0 - p_unit)
-                    if p_whole is not None:
-                        scores, presence = scores * p_whole, presence * p_whole[0]
-                    groups.append(UnitGroup((i, name), scores, unit_cost, fixed, presence=presence))
-                elif p_whole is not None:
-                    groups.append(UnitGroup((i, name), p_whole, n * unit_cost + fixed, 0))
-                else:
+                group = module_group(
+                    (i, name), n, unit_cost, fixed,
+                    layer.gates[unit_gate].keep_prob() if unit_gate in layer.gates else None,
+                    layer.gates[name].keep_prob() if name in layer.gates else None,
+                )
+                if group is None:
                     constant += n * unit_cost + fixed
+                else:
+                    groups.append(group)
         return groups, constant
 
     # -- eval-mode structure -------------------------------------------------------

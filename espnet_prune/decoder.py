@@ -71,7 +71,7 @@ import functools
 import inspect
 import math
 import weakref
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -89,6 +89,7 @@ from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 
 from espnet_prune.blocks import subset_attention, subset_ffn
 from espnet_prune.options import inherit_signature
+from espnet_prune.structure import KeptSizes
 
 Tensor = torch.Tensor
 Number = Union[int, float, Tensor]
@@ -176,7 +177,7 @@ class DecoderDims:
 
 
 @dataclass(frozen=True)
-class DecoderLayerStructure:
+class DecoderLayerStructure(KeptSizes):
     """Units kept in one decoder layer; 0 removes the sublayer (all 0: the layer).
 
     Attributes:
@@ -198,42 +199,9 @@ class DecoderLayerStructure:
         """True when nothing is left: the layer is dropped from the decoder."""
         return self.self_heads == 0 and self.src_heads == 0 and self.ffn_units == 0
 
-    def to_dict(self) -> Dict[str, int]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "layer") -> "DecoderLayerStructure":
-        """Parse one ``layer_structures`` entry; errors name ``where`` and the key."""
-        if not isinstance(d, Mapping):
-            raise ValueError(f"{where}: expected a mapping like "
-                             f"{{self_heads: 4, src_heads: 4, ffn_units: 2048}}, got {d!r}")
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d]
-        unknown = [k for k in d if k not in names]
-        if missing or unknown:
-            raise ValueError(
-                f"{where}: expected keys {names}, missing {missing}, unknown {unknown}"
-            )
-        values = {}
-        for n in names:
-            v = d[n]
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
-                raise ValueError(f"{where}.{n}: expected a whole number, got {v!r}")
-            values[n] = int(v)
-        negative = [n for n, v in values.items() if v < 0]
-        if negative:
-            raise ValueError(f"{where}: negative sizes for {negative}")
-        return cls(**values)
-
     def check_fits(self, dims: DecoderDims, where: str = "layer") -> None:
         """Raise if this structure is larger than the dense layer."""
-        dense = dims.dense_layer()
-        for name in ("self_heads", "src_heads", "ffn_units"):
-            if getattr(self, name) > getattr(dense, name):
-                raise ValueError(
-                    f"{where}.{name}={getattr(self, name)} exceeds the dense size "
-                    f"{getattr(dense, name)}"
-                )
+        self.check_within(dims.dense_layer(), where)
 
 
 def decoder_structures_from_conf(

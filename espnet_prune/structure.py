@@ -125,8 +125,48 @@ class ConformerDims:
         return dataclasses.replace(self, subsampling_channels=None)
 
 
+class KeptSizes:
+    """Base of the per-block / per-layer structures: a frozen dataclass of kept unit
+    counts (ints, 0 = removed) read from and written to a YAML mapping."""
+
+    def to_dict(self) -> Dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "block"):
+        """Parse one mapping of sizes; errors name ``where`` and the key."""
+        names = [f.name for f in fields(cls)]
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where}: expected a mapping with keys {names}, got {d!r}")
+        missing = [n for n in names if n not in d]
+        unknown = [k for k in d if k not in names]
+        if missing or unknown:
+            raise ValueError(
+                f"{where}: expected keys {names}, missing {missing}, unknown {unknown}"
+            )
+        values = {}
+        for n in names:
+            v = d[n]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or int(v) != v:
+                raise ValueError(f"{where}.{n}: expected a whole number, got {v!r}")
+            values[n] = int(v)
+        negative = [n for n, v in values.items() if v < 0]
+        if negative:
+            raise ValueError(f"{where}: negative sizes for {negative}")
+        return cls(**values)
+
+    def check_within(self, dense: "KeptSizes", where: str) -> None:
+        """Raise if any size exceeds the dense one."""
+        for f in fields(self):
+            if getattr(self, f.name) > getattr(dense, f.name):
+                raise ValueError(
+                    f"{where}.{f.name}={getattr(self, f.name)} exceeds the dense "
+                    f"size {getattr(dense, f.name)}"
+                )
+
+
 @dataclass(frozen=True)
-class BlockStructure:
+class BlockStructure(KeptSizes):
     """Units kept in one Conformer block; 0 means the module is removed.
 
     Attributes:
@@ -145,33 +185,9 @@ class BlockStructure:
         """Kept units of a module named as in :data:`MODULES`."""
         return getattr(self, MODULES[module][0])
 
-    def to_dict(self) -> Dict[str, int]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any], where: str = "block") -> "BlockStructure":
-        names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d]
-        unknown = [k for k in d if k not in names]
-        if missing or unknown:
-            raise ValueError(
-                f"{where}: expected keys {names}, missing {missing}, unknown {unknown}"
-            )
-        values = {n: int(d[n]) for n in names}
-        negative = [n for n, v in values.items() if v < 0]
-        if negative:
-            raise ValueError(f"{where}: negative sizes for {negative}")
-        return cls(**values)
-
     def check_fits(self, dims: ConformerDims, where: str = "block") -> None:
         """Raise if this structure is larger than the dense block."""
-        dense = dims.dense_block()
-        for name in ("heads", "ffn1_units", "ffn2_units", "conv_channels"):
-            if getattr(self, name) > getattr(dense, name):
-                raise ValueError(
-                    f"{where}.{name}={getattr(self, name)} exceeds the dense "
-                    f"size {getattr(dense, name)}"
-                )
+        self.check_within(dims.dense_block(), where)
 
 
 def structures_from_conf(

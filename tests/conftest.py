@@ -128,6 +128,15 @@ def build_asr(config: Path):
     return ASRTask.build_model(args), args
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one torch thread is fastest, and immune to a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_conf() -> Dict[str, Any]:
     return dict(TINY_CONF)

@@ -43,13 +43,7 @@ OPTS = dict(attention_heads=4, linear_units=24, num_blocks=3, dropout_rate=0.0,
             src_attention_dropout_rate=0.0)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is fastest, and immune to a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def dense_reference(seed: int = 0, std: float = 0.5, **kw) -> TransformerDecoder:

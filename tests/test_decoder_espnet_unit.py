@@ -36,12 +36,7 @@ def make(vocab: int, dim: int, structure: str, **kw) -> PrunedTransformerDecoder
     return PrunedTransformerDecoder(vocab, dim, **kw)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 STRUCTURES = ["dense", "pruned"]

@@ -23,12 +23,7 @@ LAYERS = [{"self_heads": 3, "src_heads": 1, "ffn_units": 20},
           {"self_heads": 0, "src_heads": 4, "ffn_units": 7}]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _config(path: Path, decoder: str = "transformer", **decoder_conf) -> Path:

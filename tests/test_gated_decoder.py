@@ -42,39 +42,18 @@ from espnet_prune.gated_decoder import (
 )
 from espnet_prune.targets import CostContext, TargetSelector
 
-V, D = 24, 16
-EOS = V - 1
-OPTS = dict(attention_heads=4, linear_units=24, num_blocks=3, dropout_rate=0.0,
-            positional_dropout_rate=0.0, self_attention_dropout_rate=0.0,
-            src_attention_dropout_rate=0.0)
+from test_decoder import D, EOS, OPTS, V, dense_reference  # the same ESPnet reference decoder
+
 OPEN_TOL = 1e-5
 TOL = 1e-4
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # =============================================================================
 # Helpers
 # =============================================================================
-
-
-def dense_reference(seed: int = 0, std: float = 0.5, **kw) -> TransformerDecoder:
-    """ESPnet decoder with large random weights (peaky scores: no near-ties in a beam)."""
-    torch.manual_seed(seed)
-    ref = TransformerDecoder(V, D, **dict(OPTS, **kw)).eval()
-    with torch.no_grad():
-        for name, p in ref.named_parameters():
-            if "norm" in name and name.endswith("weight"):
-                p.normal_(1.0, 0.2)
-            else:
-                p.normal_(0.0, std)
-    return ref
 
 
 def gated_copy(ref: TransformerDecoder, **kw) -> GatedTransformerDecoder:

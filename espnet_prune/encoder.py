@@ -25,13 +25,7 @@ from espnet_prune.options import inherit_signature
 
 from espnet_prune.blocks import ConformerBlock, as_masked_input, output_layer, unit_count
 from espnet_prune.budget import UnitGroup, module_group
-from espnet_prune.cost import (
-    ModuleCounts,
-    block_constant_cost,
-    encoder_cost,
-    frontend_cost,
-    module_unit_cost,
-)
+from espnet_prune.cost import block_constant_cost, frontend_cost, module_unit_cost
 from espnet_prune.frontend import SUBSAMPLING_CLASSES, GatedConv2dSubsampling
 from espnet_prune.gates import GateConfig, HardConcreteGate
 from espnet_prune.structure import GRANULARITIES, MODULES, BlockStructure, ConformerDims
@@ -117,25 +111,6 @@ class GatedConformerBlock(ConformerBlock):
                 whole = nonempty if whole is None else whole * nonempty
             scales[name] = whole
         return scales
-
-    def expected_counts(self) -> Dict[str, ModuleCounts]:
-        """Differentiable expected kept units and module presence (see cost.py)."""
-        counts = {}
-        for name, (unit_gate, _) in MODULES.items():
-            module = self.module(name)
-            if module is None:
-                counts[name] = ModuleCounts(0.0, 0.0)
-                continue
-            n = unit_count(module)
-            p_whole = self.gates[name].keep_prob()[0] if name in self.gates else 1.0
-            if unit_gate in self.gates:
-                p_unit = self.gates[unit_gate].keep_prob()
-                units = p_unit.sum()
-                present = 1.0 - torch.prod(1.0 - p_unit)
-            else:
-                units, present = float(n), 1.0
-            counts[name] = ModuleCounts(p_whole * units, p_whole * present)
-        return counts
 
     @torch.no_grad()
     def kept_units(self, keep: Dict[str, Tensor]) -> Dict[str, tuple]:
@@ -237,9 +212,6 @@ class GatedConformerEncoder(ConformerEncoder):
     @property
     def gated_frontend(self) -> bool:
         return isinstance(self.embed, GatedConv2dSubsampling)
-
-    def expected_counts(self) -> List[Dict[str, ModuleCounts]]:
-        return [b.expected_counts() for b in self.encoders]
 
     def expected_cost(self, seconds: float = 10.0, frames_per_second: float = 100.0) -> Dict[str, Tensor]:
         """Differentiable expected encoder cost: ``params`` / ``macs`` of the whole

@@ -30,9 +30,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
-import math
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import torch
 from espnet2.asr.espnet_model import ESPnetASRModel

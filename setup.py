@@ -24,6 +24,8 @@ setup(
         "kaldiio",
         "soundfile",
         "espeakng-loader",  # bundles libespeak-ng: the mini corpus synthesizer, no root needed
+        "numpy",
+        "matplotlib>=3.7",  # RESULTS.md plots (Agg backend, no display needed)
     ],
     extras_require={"test": ["pytest"]},
 )

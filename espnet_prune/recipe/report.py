@@ -60,6 +60,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from espnet_prune.fileio import atomic_write_text
+from espnet_prune.recipe import evidence
 
 #: Published results (reference rows, not reproduced here).
 PUBLISHED: Dict[str, Dict[str, Any]] = {
@@ -385,6 +386,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="add published reference rows")
     p.add_argument("--output", required=True, help="Markdown output (RESULTS.md)")
     p.add_argument("--json", default=None, help="JSON output")
+    evidence.add_options(p)  # --control, --bootstrap_*, --confidence, --plots*, --train_log
     return p
 
 
@@ -411,6 +413,8 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
         raise ReportError("--frames_per_second and --macs_seconds must be positive")
     wers = {name: {s: read_wer(result_path(d, a.decode_name, s)) for s in a.test_sets}
             for name, d in models}
+    evidence.check_options(a, [name for name, _ in models])
+    utt_stats = evidence.read_statistics(a, models, wers)  # per-utterance errors, checked
     latency_set = a.latency_set or a.test_sets[-1]
     timing = a.latency_utts > 0
     utts = read_feats(Path(a.data_dir) / latency_set, a.latency_utts) if timing else []
@@ -541,6 +545,7 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
             "fast_decoder": a.fast_decoder,
         },
         "timing": timing_info,
+        "statistics": evidence.attach_statistics(a, rows, utt_stats),
         "models": rows,
     }
     if a.published:
@@ -621,7 +626,8 @@ def format_markdown(r: Dict[str, Any]) -> str:
                              tok=st.get("macs_tokens", 40),
                              reps=st["latency_repeats"], n=len(r["timing"]["utterances"]),
                              lset=st["latency_set"], inf=st["inference_config"] or "defaults",
-                             dreps=st["decode_repeats"]), ""]
+                             dreps=st["decode_repeats"])
+          + " " + evidence.definitions(r), ""]
     tu = r["timing"]
     if tu["utterances"]:
         L += [f"Timing inputs: {len(tu['utterances'])} utterances of `{tu['set']}`, "
@@ -637,7 +643,7 @@ def format_markdown(r: Dict[str, Any]) -> str:
         lat, dec = m.get("encoder_latency") or {}, m.get("decode") or {}
         esp = m.get("decode_espnet") or {}
         fast_rtf = dec.get("rtf") if dec.get("decoder") == "fast" else None
-        cells = ([_cell(m["name"])] + [_f(m["wer"][s]["Err"], ".1f") for s in sets]
+        cells = ([_cell(m["name"])] + [evidence.wer_cell(m["wer"][s]) for s in sets]
                  + [_f(m["params"]["total"] / 1e6, ".2f"), _f(m["params_ratio"], ".3f"),
                     _f(m["params"]["encoder"] / 1e6, ".2f"), _f(m["encoder_macs"] / 1e9, ".3f"),
                     _f(m["macs_ratio"], ".3f"), _f(m.get("decoder_token_macs_ratio"), ".3f"),
@@ -656,6 +662,7 @@ def format_markdown(r: Dict[str, Any]) -> str:
                   "" if pub["matched_sets"] else
                   " (none of --test_sets is named like these sets, so no cell is filled)") + "."]
     L.append("")
+    L += evidence.paired_section(r)
 
     # ---- sparsity and absolute costs
     L += ["## Size and sparsity (1 - cost / reference cost)", "",
@@ -696,6 +703,8 @@ def format_markdown(r: Dict[str, Any]) -> str:
                 _f(dec.get("ratio"), ".3f")]) + " |")
         L.append("")
 
+    L += evidence.plots_section(r)
+
     # ---- per-model WER tables, ESPnet layout
     for m in rows:
         L += [f"## {m['name']}: `{m['dir']}`", "", "### WER", "",
@@ -713,6 +722,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     a = get_parser().parse_args(argv)
     command = "python -m espnet_prune.recipe.report " + shlex.join(argv)
     report = build_report(a, command)
+    report["plots"] = evidence.write_plots(a, report)  # PNGs beside --output
     md = format_markdown(report)
     if a.json:
         atomic_write_text(a.json, json.dumps(report, indent=1) + "\n")
@@ -723,6 +733,6 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
 if __name__ == "__main__":
     try:
         main()
-    except (ReportError, FileNotFoundError) as e:
+    except (ReportError, evidence.EvidenceError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -175,8 +175,13 @@ def plot_wer_vs_params(points: Sequence[WerPoint], path: PathLike,
         err = np.array([[p.wer - p.ci[0], p.ci[1] - p.wer] if p.ci is not None else [0.0, 0.0]
                         for p in pts]).T
         ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, color=f"C{k % 10}", label=s)
-        for p, xi, yi in zip(pts, x, y) if k == len(sets) - 1 else ():
-            ax.annotate(p.model, (xi, yi), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        if k == len(sets) - 1:
+            labels: dict = {}  # models at the same point share one label
+            for p, xi, yi in zip(pts, x, y):
+                labels.setdefault((xi, yi), []).append(p.model)
+            for (xi, yi), names in labels.items():
+                ax.annotate(", ".join(names), (xi, yi), textcoords="offset points",
+                            xytext=(5, 4), fontsize=7)
     ax.set_xlabel("whole-model parameters (M)")
     ax.set_ylabel("WER (%)")
     ax.grid(True, alpha=0.3)

@@ -38,6 +38,8 @@ What is measured (DESIGN section 4):
   and, with ``--fast_decoder true`` (the default), with the fast exact decoder the recipe
   decodes with (``decode``; :func:`espnet_prune.fast_decoding`), whose hypotheses are
   checked to be the same (``fast_decoder_same_hyps``).
+* WER confidence intervals, paired-bootstrap comparisons with the reference and
+  ``--control``, and the PNG figures: :mod:`espnet_prune.recipe.evidence`.
 """
 
 from __future__ import annotations

@@ -149,12 +149,16 @@ def bootstrap_wers(errors: np.ndarray, words: np.ndarray, n_resamples: int = N_R
     """
     w = _check_words(words)
     e = _as_matrix(errors, w.shape[0], "errors")
-    c = resample_counts(w.shape[0], n_resamples, seed)
+    out = _wers(e, w, resample_counts(w.shape[0], n_resamples, seed))
+    return out[:, 0] if np.asarray(errors).ndim == 1 else out
+
+
+def _wers(e: np.ndarray, w: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """(B, systems) WERs (%) of (n, systems) errors ``e`` on replicate counts ``c``."""
     err, wrd = c @ e, c @ w
     full = 100.0 * e.sum(axis=0) / w.sum()
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(wrd[:, None] > 0, 100.0 * err / np.maximum(wrd, 1)[:, None], full)
-    return out[:, 0] if np.asarray(errors).ndim == 1 else out
+        return np.where(wrd[:, None] > 0, 100.0 * err / np.maximum(wrd, 1)[:, None], full)
 
 
 def bootstrap_ci(errors: np.ndarray, words: np.ndarray, n_resamples: int = N_RESAMPLES,
@@ -211,7 +215,7 @@ def _paired(a: np.ndarray, b: np.ndarray, w: np.ndarray, c: np.ndarray,
     p = (np.count_nonzero(diff > 0) + 0.5 * np.count_nonzero(diff == 0)) / n_resamples
     full = 100.0 * float((a - b).sum()) / float(w.sum())
     with np.errstate(divide="ignore", invalid="ignore"):
-        delta = np.where(wrd > 0, -100.0 * diff / np.maximum(wrd, 1), full)
+        delta = np.where(wrd > 0, -100.0 * diff / np.maximum(wrd, 1), full) + 0.0  # no -0.0
     ci = np.quantile(delta, [alpha / 2, 1 - alpha / 2])
     return PairedComparison(p_improvement=float(p), delta_wer=full, delta_ci=ci,
                             ties=float(np.count_nonzero(diff == 0) / n_resamples))
@@ -293,8 +297,8 @@ def summarize(per_system: Dict[str, UtteranceErrors], reference: str,
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     w = _check_words(first.words)
     e = np.stack([per_system[n].errors for n in names], axis=1).astype(np.int64)
-    cis = bootstrap_ci(e, w, n_resamples, alpha, seed)
-    c = resample_counts(w.shape[0], n_resamples, seed)  # the replicates bootstrap_ci used
+    c = resample_counts(w.shape[0], n_resamples, seed)  # shared by every statistic
+    cis = np.quantile(_wers(e, w, c), [alpha / 2, 1 - alpha / 2], axis=0).T
     out: Dict[str, Dict[str, object]] = {}
     for k, n in enumerate(names):
         row: Dict[str, object] = {"wer": per_system[n].wer,

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from espnet_prune.recipe import evidence, plots, report
-from test_report import SETS, _argv, _summary_rows, setup  # noqa: F401 - the fixture
+from test_report import _argv, _summary_rows, setup  # noqa: F401 - setup: the fixture
 
 # Per-utterance errors of test_report's HYPS (hand-counted):
 #   dev_clean (4 + 4 words): baseline [0, 1] (1 sub), pruned [1, 1] (1 del, 1 ins)

@@ -193,7 +193,7 @@ class ESPnetPruneASRModel(ESPnetASRModel):
             selector = build_selector(self, self.target_kind, self.target, self.cost_ctx).attach()
             object.__setattr__(self, "selector", selector)
         else:
-            check_teacher_compatible(self.teacher, self)
+            check_teacher_compatible(self.teacher, self, layerwise=bool(self.pruning.distiller.teacher_layers))
 
     # -- teacher handling --------------------------------------------------
 
@@ -391,8 +391,10 @@ def check_teacher_matches(teacher: torch.nn.Module, student: torch.nn.Module) ->
         )
 
 
-def check_teacher_compatible(teacher: torch.nn.Module, student: ESPnetASRModel) -> None:
-    """Distillation-only mode: same hidden size, block count and vocabulary."""
+def check_teacher_compatible(teacher: torch.nn.Module, student: ESPnetASRModel, layerwise: bool = True) -> None:
+    """Distillation-only mode: same hidden size and vocabulary, and the same block count
+    when blocks are matched (``layerwise``; without ``distill_layers`` a shallower student,
+    e.g. the ``layerdrop`` baseline, is distilled at the prediction layer only)."""
     t_dims, s_dims = getattr(teacher.encoder, "dims", None), student.encoder.dims
     if t_dims is None:
         from espnet_prune.structure import ConformerDims
@@ -405,7 +407,7 @@ def check_teacher_compatible(teacher: torch.nn.Module, student: ESPnetASRModel) 
     problems = []
     if t_dims.output_size != s_dims.output_size:
         problems.append(f"output_size {t_dims.output_size} vs {s_dims.output_size}")
-    if t_dims.num_blocks != s_dims.num_blocks:
+    if layerwise and t_dims.num_blocks != s_dims.num_blocks:
         problems.append(f"num_blocks {t_dims.num_blocks} vs {s_dims.num_blocks}")
     if teacher.vocab_size != student.vocab_size:
         problems.append(f"vocab_size {teacher.vocab_size} vs {student.vocab_size}")

@@ -122,6 +122,21 @@ class TargetSelector:
         self.rest = float(rest)
         self._cache: Optional[Tuple[Tuple, Dict[str, Dict[Hashable, Tensor]]]] = None
         self._dense: Optional[float] = None
+        self._scores: Optional[Dict[Tuple[str, Hashable], Tensor]] = None
+
+    def rank_by(self, scores: Dict[Tuple[str, Hashable], Tensor]) -> "TargetSelector":
+        """Rank units by ``scores`` (group key ``(part, key)`` -> ``(n,)``, higher kept
+        first) instead of the gates' keep probabilities: a one-shot criterion such as
+        weight magnitude (:mod:`espnet_prune.magnitude`). Costs and the exact-target rule
+        are unchanged; every group must be given."""
+        groups, _ = self.groups()
+        missing = [g.key for g in groups if g.key not in scores]
+        wrong = [g.key for g in groups if g.key in scores and scores[g.key].shape != g.scores.shape]
+        if missing or wrong:
+            raise ValueError(f"rank_by: no scores for groups {missing[:5]}, wrong shape for {wrong[:5]}")
+        self._scores = {k: v.detach().clone() for k, v in scores.items()}
+        self._cache = None
+        return self
 
     def attach(self) -> "TargetSelector":
         """Make every part's eval mode use this selector's structure."""
@@ -139,9 +154,11 @@ class TargetSelector:
             part_groups, part_constant = part.unit_groups(self.metric, self.scope, self.ctx)
             constant = constant + part_constant
             for g in part_groups:
+                key = (name, g.key)
+                scores = g.scores if self._scores is None else self._scores.get(key, g.scores)
                 groups.append(
                     UnitGroup(
-                        (name, g.key), g.scores, g.unit_cost, g.fixed_cost,
+                        key, scores, g.unit_cost, g.fixed_cost,
                         {(name, k): c for k, c in g.pair_costs.items()}, g.presence,
                     )
                 )
@@ -178,7 +195,8 @@ class TargetSelector:
         flat = torch.cat([p.detach().reshape(-1) for p in params]).double()
         weights = torch.arange(1, flat.numel() + 1, dtype=flat.dtype, device=flat.device)
         checksum = (float(flat.sum()), float((flat * weights).sum()))
-        return tuple((id(p), p._version, p.data_ptr()) for p in params) + checksum + (self.sparsity,)
+        return tuple((id(p), p._version, p.data_ptr()) for p in params) + checksum + (
+            self.sparsity, id(self._scores))
 
     @torch.no_grad()
     def selection(self) -> Dict[str, Dict[Hashable, Tensor]]:

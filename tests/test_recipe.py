@@ -4,6 +4,7 @@ Quality is not asserted here, only that every stage produces its outputs, that a
 re-run does no work, and that bad audio stops the feature stage by name.
 """
 
+import json
 import os
 import shutil
 import subprocess
@@ -16,7 +17,9 @@ RECIPE = REPO / "egs2/librispeech_prune/asr1"
 ARGS = [
     "--dataset", "mini", "--conf_dir", "conf/smoke", "--nj", "2", "--vocab_size", "30",
     "--mini_n_train", "64", "--mini_n_dev", "8", "--mini_n_test", "8", "--latency_utts", "2",
+    "--baselines", "scratch magnitude layerdrop",
 ]
+COMPARED = ("baseline_control", "scratch_params0.5", "magnitude_params0.5", "layerdrop_params0.5")
 
 
 def _run(work: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -44,7 +47,7 @@ def recipe(tmp_path_factory):
 
 def test_every_stage_produces_its_outputs(recipe):
     work, proc = recipe
-    for stage in range(1, 9):
+    for stage in range(1, 10):
         assert f"===== Stage {stage}:" in proc.stderr
     expected = [
         "data/mini/train/wav.scp", "data/mini/test/text", "data/mini/test/utt2accent",
@@ -53,7 +56,8 @@ def test_every_stage_produces_its_outputs(recipe):
         "exp/mini/asr_baseline/final/model.pth", "exp/mini/prune_params0.5/final_gated/model.pth",
         "exp/mini/prune_params0.5/shrunk/config.yaml", "exp/mini/prune_params0.5/final/model.pth",
     ]
-    for model in ("asr_baseline", "prune_params0.5"):
+    expected += [f"exp/mini/{m}/final/model.pth" for m in COMPARED]
+    for model in ("asr_baseline", "prune_params0.5") + COMPARED:
         for s in ("dev", "test"):
             expected += [f"exp/mini/{model}/final/decode_asr_{s}/text",
                          f"exp/mini/{model}/final/decode_asr_{s}/score_wer/result.txt"]
@@ -65,9 +69,54 @@ def test_every_stage_produces_its_outputs(recipe):
     assert n_ref == n_hyp == 8
     results = (work / "RESULTS.md").read_text()
     assert "baseline" in results and "prune_params0.5" in results
+    for model in COMPARED:
+        assert f"| {model} |" in results
     # the final pruned model is a plain ESPnet model with a pruned encoder
     config = (work / "exp/mini/prune_params0.5/final/config.yaml").read_text()
     assert "encoder: pruned_conformer" in config and "prune_espnet" not in config
+
+
+def _yaml(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())
+
+
+def _params(model_dir: Path) -> int:
+    import torch
+
+    state = torch.load(model_dir / "model.pth", map_location="cpu", weights_only=True)
+    return sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+
+
+def test_comparison_models_have_the_budget_and_size(recipe):
+    work, _ = recipe
+    exp = work / "exp/mini"
+    conf = {name: _yaml(REPO / f"conf/smoke/{name}_asr_conformer.yaml") for name in ("train", "prune", "finetune")}
+    # the control makes as many updates as pruning + fine-tuning: same batches, their epochs
+    control = _yaml(exp / "baseline_control/config.yaml")
+    assert control["max_epoch"] == conf["prune"]["max_epoch"] + conf["finetune"]["max_epoch"]
+    for key in ("batch_type", "batch_size", "batch_bins", "accum_grad"):
+        assert control.get(key) == conf["prune"].get(key)
+    assert control["init_param"] == ["exp/mini/asr_baseline/final/model.pth"]
+    scratch = _yaml(exp / "scratch_params0.5/config.yaml")
+    assert scratch["max_epoch"] == sum(c["max_epoch"] for c in conf.values())
+    assert not scratch.get("init_param")
+    for method in ("magnitude", "layerdrop"):
+        ft = _yaml(exp / f"{method}_params0.5/finetune/config.yaml")
+        assert ft["max_epoch"] == conf["prune"]["max_epoch"] + conf["finetune"]["max_epoch"]
+        assert ft["model_conf"]["teacher_model_file"] == "exp/mini/asr_baseline/final/model.pth"
+    # same whole-model size as the pruned model: within 1 % (layerdrop: whole layers, reported)
+    pruned = _params(exp / "prune_params0.5/final")
+    teacher = _params(exp / "asr_baseline/final")
+    assert abs(pruned / teacher - 0.5) < 0.02
+    for name in ("scratch_params0.5", "magnitude_params0.5"):
+        assert abs(_params(exp / name / "final") / pruned - 1) <= 0.01, name
+    layerdrop = _params(exp / "layerdrop_params0.5/final")
+    assert layerdrop < teacher
+    summary = json.loads((exp / "layerdrop_params0.5/shrunk/summary.json").read_text())
+    assert summary["params_shrunk_model"] == layerdrop
+    assert abs(summary["size_error"] - (layerdrop / pruned - 1)) < 1e-9
 
 
 def test_rerun_does_no_work(recipe):

@@ -61,23 +61,26 @@ def main(cmd: Optional[List[str]] = None) -> dict:
     # Self-description check: rebuild from what was written, every key matched.
     rebuilt, _ = build_asr_model(out / "config.yaml", out / "model.pth")
     before, after = param_breakdown(gated), param_breakdown(rebuilt)
-    dims = rebuilt.encoder.dims
-    seconds, fps = (target[2].seconds, target[2].frames_per_second) if target is not None else (10.0, 100.0)
-    dense = structure_cost(dims.dense_dims(), dims.dense_structure(), seconds, fps)
-    pruned = structure_cost(dims, rebuilt.encoder.structure(), seconds, fps)
     gates = getattr(gated.encoder, "gate_parameters", lambda: [])()
     summary = {
         "output_dir": str(out),
         "params_gated_model": before["total"] - sum(p.numel() for p in gates),
         "params_shrunk_model": after["total"],
         "encoder_params": after["encoder"],
-        "block_params_sparsity": float(sparsity(pruned["block_params"], dense["block_params"])),
-        "block_macs_sparsity": float(sparsity(pruned["block_macs"], dense["block_macs"])),
-        "encoder_macs_sparsity": float(sparsity(pruned["macs"], dense["macs"])),
-        "block_structures": [s.to_dict() for s in rebuilt.encoder.structure()],
     }
-    if dims.subsampling_channels is not None:
-        summary["subsampling_channels"] = list(dims.subsampling_channels)
+    dims = getattr(rebuilt.encoder, "dims", None)  # None: a dense ESPnet encoder, exported as is
+    if dims is not None:
+        seconds, fps = (target[2].seconds, target[2].frames_per_second) if target is not None else (10.0, 100.0)
+        dense = structure_cost(dims.dense_dims(), dims.dense_structure(), seconds, fps)
+        pruned = structure_cost(dims, rebuilt.encoder.structure(), seconds, fps)
+        summary.update({
+            "block_params_sparsity": float(sparsity(pruned["block_params"], dense["block_params"])),
+            "block_macs_sparsity": float(sparsity(pruned["block_macs"], dense["block_macs"])),
+            "encoder_macs_sparsity": float(sparsity(pruned["macs"], dense["macs"])),
+            "block_structures": [s.to_dict() for s in rebuilt.encoder.structure()],
+        })
+        if dims.subsampling_channels is not None:
+            summary["subsampling_channels"] = list(dims.subsampling_channels)
     summary["params_sparsity"] = 1.0 - after["total"] / model_params(gated)
     if target is not None:
         kind, value = target[0], target[1]

@@ -207,7 +207,12 @@ def write_plots(a: argparse.Namespace, report: Dict[str, Any]) -> Dict[str, Any]
         path = plot_dir / f"structure_{_file_name(r['name'])}.png"
         plots.plot_kept_structure(r["name"], kept, path)
         info["structure"][r["name"]] = rel(path)
-    curves = [(name, parse_train_log(p)) for name, p in parse_named_logs(a.train_log)]
+    curves = []
+    for name, log in parse_named_logs(a.train_log):
+        try:
+            curves.append((name, parse_train_log(log)))
+        except ValueError as e:  # e.g. a run too short to log an interval: no curve, said why
+            info["skipped"][f"training curves of {name}"] = str(e)
     for name, c in curves:
         missing = [k for k in PRUNING_KEYS if k not in c.values]
         if missing:

@@ -3,10 +3,11 @@
 #
 #   ./run.sh --dataset mini                       # embedded TTS corpus, CPU, ~20 min
 #   ./run.sh --dataset librispeech_100 --ngpu 1 --nj 16
-#   ./run.sh --stage 5 --stop_stage 8 --prune_targets "0.3 0.5 macs:0.5"
+#   ./run.sh --stage 5 --stop_stage 9 --prune_targets "0.3 0.5 macs:0.5" --baselines "scratch magnitude layerdrop"
 #
-# Stages: 1 data, 2 features, 3 tokens, 4 baseline (teacher), 5 prune, 6 shrink (+ fine-tune),
-# 7 decode, 8 score and report. Every stage skips work that is already complete.
+# Stages: 1 data, 2 features, 3 tokens, 4 baseline (teacher), 5 prune (+ equal-budget control),
+# 6 shrink (+ fine-tune), 7 same-size baselines, 8 decode, 9 score and report.
+# Every stage skips work that is already complete.
 set -euo pipefail
 
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (run.sh) $*" >&2; }
@@ -14,7 +15,7 @@ banner() { log "===== Stage $1: $2 ====="; }
 
 # ---------------------------------------------------------------- options
 stage=1
-stop_stage=8
+stop_stage=9
 dataset=mini              # mini | librispeech_100 | librispeech
 ngpu=0
 nj=2                      # parallel jobs for features and decoding
@@ -27,6 +28,9 @@ prune_targets="0.5"       # space-separated: "0.5" (of --target_kind) or "KIND:0
                           # params macs (whole model) encoder_params encoder_macs block_params block_macs
 target_kind=params        # kind of a bare number in --prune_targets (params: the whole model)
 finetune=true             # fine-tune each shrunk model with distillation
+control=true              # train the equal-budget dense control (baseline_control)
+baselines=""              # same-size baselines, any of: scratch magnitude layerdrop
+train_jobs=2              # training runs at once in stages 5-7 (cores are split between them)
 test_sets=""
 n_mels=80
 vocab_size=""
@@ -48,7 +52,7 @@ mini_seed=0
 
 while [ $# -gt 0 ]; do
     case $1 in
-        --help|-h) sed -n '2,10p' "$0"; exit 0 ;;
+        --help|-h) sed -n '2,11p' "$0"; exit 0 ;;
         --*=*) key=${1%%=*}; key=${key#--}; val=${1#*=}; shift ;;
         --*) key=${1#--}; [ $# -ge 2 ] || { log "missing value for $1"; exit 1; }; val=$2; shift 2 ;;
         *) log "unexpected argument: $1"; exit 1 ;;
@@ -75,7 +79,7 @@ train_config=${train_config:-${conf_dir}/train_asr_conformer.yaml}
 prune_config=${prune_config:-${conf_dir}/prune_asr_conformer.yaml}
 finetune_config=${finetune_config:-${conf_dir}/finetune_asr_conformer.yaml}
 inference_config=${inference_config:-${conf_dir}/decode_asr.yaml}
-for f in "$train_config" "$prune_config" "$inference_config"; do
+for f in "$train_config" "$prune_config" "$finetune_config" "$inference_config"; do
     [ -f "$f" ] || { log "config not found: $f"; exit 1; }
 done
 
@@ -99,6 +103,11 @@ up_to_date() { local out=$1; shift; [ -e "$out" ] || return 1; local f; for f in
 # check every target before any stage runs (kind and value, as model_conf.target will)
 targets_checked=(); for t in $prune_targets; do targets_checked+=("$(parse_target "$t")"); done
 python -m espnet_prune.targets "${targets_checked[@]}" || exit 1
+for b in $baselines; do
+    case $b in scratch|magnitude|layerdrop) ;; *) log "unknown --baselines entry '$b' (scratch, magnitude, layerdrop)"; exit 1 ;; esac
+done
+[[ $train_jobs =~ ^[1-9][0-9]*$ ]] || { log "--train_jobs must be a positive integer, got '$train_jobs'"; exit 1; }
+[[ $control =~ ^(true|false)$ ]] || { log "--control must be true or false, got '$control'"; exit 1; }
 
 multi_gpu_args=""
 [ "$ngpu" -gt 1 ] && multi_gpu_args="--multiprocessing_distributed true"
@@ -176,61 +185,170 @@ if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     fi
 fi
 
+# ---------------------------------------------------------------- comparison models
+control_dir=${exp}/baseline_control
+epochs() { python -m espnet_prune.recipe.same_size epochs "$@"; }
+# whole-model parameters of a pruned model (from its shrink summary)
+pruned_params() { python -c 'import json,sys; print(json.load(open(sys.argv[1]))["params_shrunk_model"])' "$1/shrunk/summary.json"; }
+
+prune_job() {  # prune_job TARGET: gated training distilled from the teacher -> final_gated
+    local target tag out
+    target=$(parse_target "$1"); tag=$(target_tag "$1"); out=${exp}/prune_${tag}
+    if up_to_date "${out}/final_gated/model.pth" "${baseline}/final/model.pth" "$prune_config"; then
+        log "${out}: complete, skipped"; return 0
+    fi
+    train "$out" "$prune_config" \
+        --model_conf "teacher_config=${baseline}/final/config.yaml" \
+        --model_conf "teacher_model_file=${baseline}/final/model.pth" \
+        --model_conf "target={${target%%:*}: ${target#*:}}"
+    # the gates move until the end: keep the last epoch, not an average
+    python -m espnet_prune.recipe.steps export --config "${out}/config.yaml" \
+        --model "${out}/latest.pth" --output_dir "${out}/final_gated"
+}
+
+control_job() {  # the teacher trained on for as many updates as pruning + fine-tuning
+    local out=$control_dir
+    if up_to_date "${out}/final/model.pth" "${baseline}/final/model.pth" "$train_config" "$prune_config" "$finetune_config"; then
+        log "${out}: complete, skipped"; return 0
+    fi
+    mkdir -p "$out"
+    python -m espnet_prune.recipe.same_size control_config --train_config "$train_config" \
+        --prune_config "$prune_config" --finetune_config "$finetune_config" --output "${out}/train.yaml"
+    train "$out" "${out}/train.yaml" --init_param "${baseline}/final/model.pth"
+    export_best "$out" "${out}/final"
+}
+
+export_best() {  # export_best TRAIN_DIR OUT: ESPnet's n-best average (else the last epoch) -> plain model
+    local avg
+    avg=$(ls -t "$1"/valid.acc.ave.pth "$1"/valid.*.ave.pth 2>/dev/null | head -n 1)
+    # drops training-only state (distillation): a plain ESPnet model
+    python -m espnet_prune.bin.shrink --asr_train_config "$1/config.yaml" \
+        --asr_model_file "${avg:-$1/latest.pth}" --output_dir "$2" > /dev/null
+}
+
+finetune_job() {  # finetune_job DIR EPOCHS [train args]: DIR/shrunk -> distilled fine-tuning -> DIR/final
+    local out=$1 n_epochs=$2; shift 2
+    local ft=${out}/finetune
+    if up_to_date "${out}/final/model.pth" "${out}/shrunk/model.pth" "$finetune_config"; then
+        log "${out}/final: complete, skipped"; return 0
+    fi
+    mkdir -p "$ft"
+    python -m espnet_prune.recipe.steps finetune_config --shrunk_config "${out}/shrunk/config.yaml" \
+        --finetune_config "$finetune_config" --output "${ft}/train.yaml"
+    train "$ft" "${ft}/train.yaml" --init_param "${out}/shrunk/model.pth" --max_epoch "$n_epochs" \
+        --model_conf "teacher_config=${baseline}/final/config.yaml" \
+        --model_conf "teacher_model_file=${baseline}/final/model.pth" "$@"
+    export_best "$ft" "${out}/final"
+}
+
+shrink_job() {  # shrink_job TARGET: final_gated -> shrunk (-> fine-tuned final)
+    local tag out
+    tag=$(target_tag "$1"); out=${exp}/prune_${tag}
+    if up_to_date "${out}/shrunk/model.pth" "${out}/final_gated/model.pth"; then
+        log "${out}/shrunk: complete, skipped"
+    else
+        python -m espnet_prune.bin.shrink --asr_train_config "${out}/final_gated/config.yaml" \
+            --asr_model_file "${out}/final_gated/model.pth" --output_dir "${out}/shrunk" > /dev/null
+        log "${out}/shrunk: $(grep -E '"(params_shrunk_model|params_sparsity)"' "${out}/shrunk/summary.json" | tr -d '\n ')"
+    fi
+    if [ "$finetune" != true ]; then
+        python -m espnet_prune.recipe.steps export --config "${out}/shrunk/config.yaml" \
+            --model "${out}/shrunk/model.pth" --output_dir "${out}/final"
+        return 0
+    fi
+    finetune_job "$out" "$(epochs "$finetune_config")"
+}
+
+same_size_job() {  # same_size_job METHOD TARGET: a baseline of the pruned model's whole-model size
+    local method=$1 tag out n
+    tag=$(target_tag "$2"); out=${exp}/${method}_${tag}
+    local pruned=${exp}/prune_${tag}
+    n=$(pruned_params "$pruned")
+    case $method in
+        scratch)  # a smaller dense model trained from scratch for the whole budget
+            if up_to_date "${out}/final/model.pth" "${pruned}/shrunk/model.pth" "$train_config"; then
+                log "${out}: complete, skipped"; return 0
+            fi
+            mkdir -p "$out"
+            python -m espnet_prune.recipe.same_size scratch_config --teacher_dir "${baseline}/final" \
+                --train_config "$train_config" --params "$n" --output "${out}/train.yaml" | tail -n 1 > "${out}/size.json"
+            train "$out" "${out}/train.yaml" \
+                --max_epoch "$(epochs "$train_config" "$prune_config" "$finetune_config")"
+            export_best "$out" "${out}/final" ;;
+        magnitude|layerdrop)  # cut from the teacher, then fine-tuned like the pruned model
+            if ! up_to_date "${out}/shrunk/model.pth" "${pruned}/shrunk/model.pth" "${baseline}/final/model.pth"; then
+                mkdir -p "$out"
+                if [ "$method" = magnitude ]; then
+                    python -m espnet_prune.recipe.same_size magnitude --teacher_dir "${baseline}/final" \
+                        --prune_config "$prune_config" --params "$n" --output_dir "${out}/shrunk" > /dev/null
+                else
+                    python -m espnet_prune.recipe.same_size layerdrop --teacher_dir "${baseline}/final" \
+                        --params "$n" --output_dir "${out}/shrunk" > /dev/null
+                fi
+                log "${out}/shrunk: $(tr -d '\n ' < "${out}/shrunk/summary.json")"
+            fi
+            local extra=()
+            # fewer blocks than the teacher: no block-to-block map, prediction-layer distillation only
+            [ "$method" = layerdrop ] && extra=(--model_conf "distill_layers=[]")
+            finetune_job "$out" "$(epochs "$prune_config" "$finetune_config")" "${extra[@]}" ;;
+    esac
+}
+
+omp_threads_given=${OMP_NUM_THREADS-}
+# at most $train_jobs training jobs at once, each with its share of the cores
+job_pids=(); job_names=()
+start_job() {  # start_job NAME FUNCTION ARGS...
+    local name=$1; shift
+    while [ "$(jobs -rp | wc -l)" -ge "$train_jobs" ]; do wait -n || true; done
+    ( "$@" ) & job_pids+=($!); job_names+=("$name")
+}
+wait_jobs() {  # wait for every started job; fail the stage if one failed
+    local i failed=()
+    for i in "${!job_pids[@]}"; do wait "${job_pids[$i]}" || failed+=("${job_names[$i]}"); done
+    job_pids=(); job_names=()
+    [ ${#failed[@]} -eq 0 ] || { log "failed: ${failed[*]}"; exit 1; }
+}
+threads_for() {  # OpenMP threads of each of N concurrent jobs
+    local n=$(( $1 < train_jobs ? $1 : train_jobs )); n=$(( n > 0 ? n : 1 ))
+    echo $(( $(nproc) / n > 0 ? $(nproc) / n : 1 ))
+}
+
 if [ "$stage" -le 5 ] && [ "$stop_stage" -ge 5 ]; then
-    banner 5 "pruning: targets ${prune_targets} (teacher ${baseline}/final)"
-    for t in $prune_targets; do
-        target=$(parse_target "$t"); tag=$(target_tag "$t"); out=${exp}/prune_${tag}
-        if up_to_date "${out}/final_gated/model.pth" "${baseline}/final/model.pth" "$prune_config"; then
-            log "${out}: complete, skipped"; continue
-        fi
-        train "$out" "$prune_config" \
-            --model_conf "teacher_config=${baseline}/final/config.yaml" \
-            --model_conf "teacher_model_file=${baseline}/final/model.pth" \
-            --model_conf "target={${target%%:*}: ${target#*:}}"
-        # the gates move until the end: keep the last epoch, not an average
-        python -m espnet_prune.recipe.steps export --config "${out}/config.yaml" \
-            --model "${out}/latest.pth" --output_dir "${out}/final_gated"
-    done
+    banner 5 "pruning: targets ${prune_targets} (teacher ${baseline}/final)$( [ "$control" = true ] && echo '; equal-budget control')"
+    n_jobs=$(wc -w <<< "$prune_targets"); [ "$control" = true ] && n_jobs=$((n_jobs + 1))
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS_TRAIN:-$(threads_for "$n_jobs")}
+    for t in $prune_targets; do start_job "prune $t" prune_job "$t"; done
+    [ "$control" = true ] && start_job "control" control_job
+    wait_jobs
 fi
 
 if [ "$stage" -le 6 ] && [ "$stop_stage" -ge 6 ]; then
     banner 6 "shrink pruned models$( [ "$finetune" = true ] && echo ' and fine-tune them with distillation')"
-    for t in $prune_targets; do
-        tag=$(target_tag "$t"); out=${exp}/prune_${tag}
-        if up_to_date "${out}/shrunk/model.pth" "${out}/final_gated/model.pth"; then
-            log "${out}/shrunk: complete, skipped"
-        else
-            python -m espnet_prune.bin.shrink --asr_train_config "${out}/final_gated/config.yaml" \
-                --asr_model_file "${out}/final_gated/model.pth" --output_dir "${out}/shrunk" > /dev/null
-            log "${out}/shrunk: $(grep -E '"(params_shrunk_model|block_params_sparsity|encoder_macs_sparsity)"' "${out}/shrunk/summary.json" | tr -d '\n ')"
-        fi
-        if [ "$finetune" != true ]; then
-            python -m espnet_prune.recipe.steps export --config "${out}/shrunk/config.yaml" \
-                --model "${out}/shrunk/model.pth" --output_dir "${out}/final"
-            continue
-        fi
-        if up_to_date "${out}/final/model.pth" "${out}/shrunk/model.pth" "$finetune_config"; then
-            log "${out}/final: complete, skipped"; continue
-        fi
-        ft=${out}/finetune
-        mkdir -p "$ft"
-        python -m espnet_prune.recipe.steps finetune_config --shrunk_config "${out}/shrunk/config.yaml" \
-            --finetune_config "$finetune_config" --output "${ft}/train.yaml"
-        train "$ft" "${ft}/train.yaml" --init_param "${out}/shrunk/model.pth" \
-            --model_conf "teacher_config=${baseline}/final/config.yaml" \
-            --model_conf "teacher_model_file=${baseline}/final/model.pth"
-        avg=$(ls -t "${ft}"/valid.acc.ave.pth "${ft}"/valid.*.ave.pth 2>/dev/null | head -n 1)
-        # drop the training-only state: a plain ESPnet model with a pruned_conformer encoder
-        python -m espnet_prune.bin.shrink --asr_train_config "${ft}/config.yaml" \
-            --asr_model_file "${avg:-${ft}/latest.pth}" --output_dir "${out}/final" > /dev/null
-    done
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS_TRAIN:-$(threads_for "$(wc -w <<< "$prune_targets")")}
+    for t in $prune_targets; do start_job "shrink $t" shrink_job "$t"; done
+    wait_jobs
 fi
 
-models=("baseline=${baseline}/final")
-for t in $prune_targets; do models+=("prune_$(target_tag "$t")=${exp}/prune_$(target_tag "$t")/final"); done
+if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ] && [ -n "$baselines" ]; then
+    banner 7 "same-size baselines: ${baselines} (targets ${prune_targets})"
+    export OMP_NUM_THREADS=${OMP_NUM_THREADS_TRAIN:-$(threads_for $(( $(wc -w <<< "$prune_targets") * $(wc -w <<< "$baselines") )))}
+    for t in $prune_targets; do
+        for b in $baselines; do start_job "$b $t" same_size_job "$b" "$t"; done
+    done
+    wait_jobs
+fi
+if [ -n "$omp_threads_given" ]; then export OMP_NUM_THREADS=$omp_threads_given; else unset OMP_NUM_THREADS; fi
 
-if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
-    banner 7 "decoding ${test_sets} with ${inference_config} (${nj} jobs, fast decoder: ${fast_decoder})"
+models=("baseline=${baseline}/final")
+[ "$control" = true ] && models+=("baseline_control=${control_dir}/final")
+for t in $prune_targets; do
+    tag=$(target_tag "$t")
+    models+=("prune_${tag}=${exp}/prune_${tag}/final")
+    for b in $baselines; do models+=("${b}_${tag}=${exp}/${b}_${tag}/final"); done
+done
+
+if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
+    banner 8 "decoding ${test_sets} with ${inference_config} (${nj} jobs, fast decoder: ${fast_decoder})"
     for m in "${models[@]}"; do
         dir=${m#*=}
         for s in $test_sets; do
@@ -254,8 +372,8 @@ if [ "$stage" -le 7 ] && [ "$stop_stage" -ge 7 ]; then
     done
 fi
 
-if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
-    banner 8 "scoring and report"
+if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
+    banner 9 "scoring and report"
     results=()
     for m in "${models[@]}"; do
         dir=${m#*=}
@@ -278,6 +396,10 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
         published=()
         [ "$dataset" = librispeech_100 ] && published=(--published librispeech_100)
         model_args=(); for m in "${models[@]}"; do model_args+=(--model "$m"); done
+        [ "$control" = true ] && model_args+=(--control baseline_control)
+        for t in $prune_targets; do
+            tag=$(target_tag "$t"); model_args+=(--train_log "prune_${tag}=${exp}/prune_${tag}/train.log")
+        done
         # shellcheck disable=SC2086
         python -m espnet_prune.recipe.report "${model_args[@]}" --test_sets $test_sets \
             --data_dir "$dump" --decode_name "$inference_tag" --inference_config "$inference_config" \
@@ -286,6 +408,8 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
             "${published[@]}" --output "${exp}/RESULTS.md" --json "${exp}/results.json"
     fi
     cp "${exp}/RESULTS.md" RESULTS.md
+    # the plots RESULTS.md links to (relative links), beside it
+    for png in "${exp}"/*.png; do [ -f "$png" ] && cp "$png" .; done
     cat RESULTS.md
 fi
 log "finished stages ${stage}..${stop_stage}"

@@ -8,7 +8,7 @@
 #       --data_format raw --dump_dir dump/raw --train_set train --valid_set dev --test_sets "test"
 #
 # Stages: 1 data, 2 features, 3 tokens, 4 baseline (teacher), 5 prune, 6 shrink (+ fine-tune),
-# 7 decode, 8 score and report. Every stage skips work that is already complete.
+# 7 decode, 8 score and report (with --teacher_config: stages 5-8 on that model). Every stage skips done work.
 set -euo pipefail
 
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (run.sh) $*" >&2; }
@@ -60,7 +60,7 @@ max_unk_rate=0.01         # raw: largest fraction of the data's tokens the teach
 
 while [ $# -gt 0 ]; do
     case $1 in
-        --help|-h) sed -n '2,10p' "$0"; exit 0 ;;
+        --help|-h) sed -n '2,11p' "$0"; exit 0 ;;
         --*=*) key=${1%%=*}; key=${key#--}; val=${1#*=}; shift ;;
         --*) key=${1#--}; [ $# -ge 2 ] || { log "missing value for $1"; exit 1; }; val=$2; shift 2 ;;
         *) log "unexpected argument: $1"; exit 1 ;;

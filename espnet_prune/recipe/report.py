@@ -197,6 +197,44 @@ def read_feats(set_dir: Path, n: int) -> List[Tuple[str, np.ndarray]]:
     return out
 
 
+def read_speech(set_dir: Path, n: int) -> Tuple[List[Tuple[str, np.ndarray]], float]:
+    """The first ``n`` utterances of ``set_dir/wav.scp`` as float32 waveforms ``(samples,)``
+    and their sample rate (Hz), for models that read raw audio through their frontend
+    (``wav.scp`` of audio files, or of ``x.ark:offset`` entries)."""
+    import kaldiio
+    import soundfile
+
+    scp = set_dir / "wav.scp"
+    if not scp.is_file():
+        raise ReportError(f"audio list not found: {scp}")
+    out: List[Tuple[str, np.ndarray]] = []
+    rates = set()
+    for lineno, line in enumerate(scp.read_text(encoding="utf-8").splitlines(), 1):
+        if len(out) >= n:
+            break
+        parts = line.split(maxsplit=1)
+        if len(parts) != 2:
+            continue
+        utt, loc = parts[0], parts[1].strip()
+        try:
+            if ".ark:" in loc:
+                rate, wav = kaldiio.load_mat(loc)
+            else:
+                wav, rate = soundfile.read(loc, dtype="float32")
+        except Exception as e:  # noqa: BLE001 - report which entry is unreadable
+            raise ReportError(f"{scp}:{lineno}: cannot read audio of {utt} from {loc}: {e}") from e
+        wav = np.asarray(wav, dtype=np.float32)
+        if wav.ndim != 1 or wav.shape[0] == 0:
+            raise ReportError(f"{scp}:{lineno}: {utt} is not mono audio (shape {wav.shape})")
+        rates.add(int(rate))
+        out.append((utt, wav))
+    if n > 0 and not out:
+        raise ReportError(f"{scp}: no utterances")
+    if len(rates) > 1:
+        raise ReportError(f"{scp}: mixed sample rates {sorted(rates)}")
+    return out, float(rates.pop()) if rates else 16000.0
+
+
 def load_inference_options(path: Optional[str]) -> Tuple[Dict[str, Any], List[str]]:
     """Speech2Text keyword arguments from an ESPnet decode YAML.
 
@@ -378,7 +416,12 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode_repeats", type=int, default=1,
                    help="full decodes per utterance (0: no decode RTF)")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads")
-    p.add_argument("--frames_per_second", type=float, default=100.0)
+    p.add_argument("--frames_per_second", type=float, default=100.0,
+                   help="feature frames per second (with --data_format raw: the reference "
+                        "model's frontend fs / hop_length)")
+    p.add_argument("--data_format", default="fbank", choices=["fbank", "raw"],
+                   help="fbank: {data_dir}/{set}/feats.scp features; raw: {data_dir}/{set}/wav.scp "
+                        "audio through each model's frontend")
     p.add_argument("--macs_seconds", type=float, default=10.0, help="audio length for MACs")
     p.add_argument("--macs_tokens", type=int, default=40,
                    help="output tokens decoded for the inference MACs (one hypothesis)")
@@ -419,7 +462,12 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
     utt_stats = evidence.read_statistics(a, models, wers)  # per-utterance errors, checked
     latency_set = a.latency_set or a.test_sets[-1]
     timing = a.latency_utts > 0
-    utts = read_feats(Path(a.data_dir) / latency_set, a.latency_utts) if timing else []
+    raw = a.data_format == "raw"
+    sample_rate = 0.0
+    if raw:
+        utts, sample_rate = read_speech(Path(a.data_dir) / latency_set, a.latency_utts) if timing else ([], 0.0)
+    else:
+        utts = read_feats(Path(a.data_dir) / latency_set, a.latency_utts) if timing else []
     options, ignored = load_inference_options(a.inference_config)
 
     prev_threads = torch.get_num_threads()
@@ -431,11 +479,19 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
         for name, d in models:
             model, args = build_asr_model(d / "config.yaml", d / "model.pth")
             model.eval()
-            if getattr(model, "frontend", None) is not None:
+            if raw:
+                if getattr(model, "frontend", None) is None:
+                    raise ReportError(f"{d / 'config.yaml'}: --data_format raw needs a model "
+                                      "with a frontend")
+                if not rows:  # MACs at the reference model's frame rate (fs / hop_length)
+                    from espnet_prune.bin.profile import frames_per_second
+
+                    a.frames_per_second = frames_per_second(args)
+            elif getattr(model, "frontend", None) is not None:
                 raise ReportError(f"{d / 'config.yaml'}: the model has a frontend; the report "
                                   "feeds precomputed features (train with --input_size)")
             size = model_size(model, args, a.macs_seconds, a.frames_per_second, a.macs_tokens)
-            for utt, mat in utts[:1]:
+            for utt, mat in ([] if raw else utts[:1]):
                 if mat.shape[1] != size["input_size"]:
                     raise ReportError(f"{Path(a.data_dir) / latency_set / 'feats.scp'}: {utt} has "
                                       f"{mat.shape[1]}-dim features, {name} expects "
@@ -462,7 +518,8 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
         # ---- timing
         timing_info: Dict[str, Any] = {"set": latency_set, "utterances": [u for u, _ in utts],
                                        "frames": [int(m.shape[0]) for _, m in utts]}
-        audio_s = [m.shape[0] / a.frames_per_second for _, m in utts]
+        timing_info["input_unit"] = "samples" if raw else "frames"
+        audio_s = [m.shape[0] / (sample_rate if raw else a.frames_per_second) for _, m in utts]
         timing_info["audio_seconds"] = float(sum(audio_s))
         timing_info["loadavg_before"] = _loadavg()
         if timing:
@@ -537,7 +594,7 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
         "command": command,
         "settings": {
             "reference_model": base["name"], "test_sets": list(a.test_sets),
-            "data_dir": a.data_dir, "decode_name": a.decode_name,
+            "data_dir": a.data_dir, "data_format": a.data_format, "decode_name": a.decode_name,
             "inference_config": a.inference_config, "inference_options": options,
             "inference_options_ignored": ignored, "latency_set": latency_set,
             "latency_utts": a.latency_utts, "latency_repeats": a.latency_repeats,
@@ -633,7 +690,7 @@ def format_markdown(r: Dict[str, Any]) -> str:
     tu = r["timing"]
     if tu["utterances"]:
         L += [f"Timing inputs: {len(tu['utterances'])} utterances of `{tu['set']}`, "
-              f"{sum(tu['frames'])} frames = {tu['audio_seconds']:.2f} s of audio.", ""]
+              f"{sum(tu['frames'])} {tu.get('input_unit', 'frames')} = {tu['audio_seconds']:.2f} s of audio.", ""]
 
     # ---- summary
     head = (["model"] + [f"WER {s}" for s in sets]

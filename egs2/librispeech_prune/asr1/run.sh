@@ -4,10 +4,12 @@
 #   ./run.sh --dataset mini                       # embedded TTS corpus, CPU, ~20 min
 #   ./run.sh --dataset librispeech_100 --ngpu 1 --nj 16
 #   ./run.sh --stage 5 --stop_stage 9 --prune_targets "0.3 0.5 macs:0.5" --baselines "scratch magnitude layerdrop"
+#   ./run.sh --teacher_config exp/asr/config.yaml --teacher_model exp/asr/valid.acc.ave.pth \
+#       --data_format raw --dump_dir dump/raw --train_set train --valid_set dev --test_sets "test"
 #
 # Stages: 1 data, 2 features, 3 tokens, 4 baseline (teacher), 5 prune (+ equal-budget control),
-# 6 shrink (+ fine-tune), 7 same-size baselines, 8 decode, 9 score and report.
-# Every stage skips work that is already complete.
+# 6 shrink (+ fine-tune), 7 same-size baselines, 8 decode, 9 score and report
+# (with --teacher_config: stages 5-9 on that model). Every stage skips work that is already complete.
 set -euo pipefail
 
 log() { echo -e "$(date '+%Y-%m-%dT%H:%M:%S') (run.sh) $*" >&2; }
@@ -45,6 +47,16 @@ mini_n_train=1500
 mini_n_dev=150
 mini_n_test=200
 mini_seed=0
+# prune a model trained by ESPnet's own recipes (README "Prune your existing ESPnet model")
+teacher_config=""         # its config.yaml: architecture, frontend, normalization, tokens
+teacher_model=""          # its weights, e.g. valid.acc.ave.pth
+teacher_root=""           # directory the relative paths of teacher_config are relative to
+data_format=fbank         # fbank: our features (stages 2-3); raw: wav.scp + text (needs a teacher)
+dump_dir=""               # raw: ESPnet's dump/raw (default: data/<dataset>, stage 1's output)
+train_set=""
+valid_set=""
+exp_dir=""                # default: exp/<dataset>, exp/<dataset>_teacher with a teacher
+max_unk_rate=0.01         # raw: largest fraction of the data's tokens the teacher maps to <unk>
 
 . ./path.sh
 . ./cmd.sh
@@ -65,18 +77,19 @@ done
 
 case $dataset in
     mini)
-        train_set=train; valid_set=dev; test_sets=${test_sets:-"dev test"}
+        train_set=${train_set:-train}; valid_set=${valid_set:-dev}; test_sets=${test_sets:-"dev test"}
         conf_dir=${conf_dir:-conf/mini}; vocab_size=${vocab_size:-100} ;;
     librispeech_100)
-        train_set=train_clean_100; valid_set=dev; test_sets=${test_sets:-"dev_clean dev_other test_clean test_other"}
+        train_set=${train_set:-train_clean_100}; valid_set=${valid_set:-dev}; test_sets=${test_sets:-"dev_clean dev_other test_clean test_other"}
         conf_dir=${conf_dir:-conf}; vocab_size=${vocab_size:-5000} ;;
     librispeech)
-        train_set=train_960; valid_set=dev; test_sets=${test_sets:-"dev_clean dev_other test_clean test_other"}
+        train_set=${train_set:-train_960}; valid_set=${valid_set:-dev}; test_sets=${test_sets:-"dev_clean dev_other test_clean test_other"}
         conf_dir=${conf_dir:-conf}; vocab_size=${vocab_size:-5000} ;;
     *) log "unknown --dataset $dataset (mini, librispeech_100, librispeech)"; exit 1 ;;
 esac
 train_config=${train_config:-${conf_dir}/train_asr_conformer.yaml}
-prune_config=${prune_config:-${conf_dir}/prune_asr_conformer.yaml}
+prune_config_name=prune_asr_conformer; [ -n "$teacher_config" ] && prune_config_name=prune_from_teacher
+prune_config=${prune_config:-${conf_dir}/${prune_config_name}.yaml}
 finetune_config=${finetune_config:-${conf_dir}/finetune_asr_conformer.yaml}
 inference_config=${inference_config:-${conf_dir}/decode_asr.yaml}
 for f in "$train_config" "$prune_config" "$finetune_config" "$inference_config"; do
@@ -85,7 +98,7 @@ done
 
 data=data/${dataset}
 dump=dump/${dataset}/fbank
-exp=exp/${dataset}
+exp=${exp_dir:-exp/${dataset}}
 token_dir=${data}/token_list/${bpe_type}${vocab_size}
 bpemodel=${token_dir}/bpe.model
 token_list=${token_dir}/tokens.txt
@@ -109,6 +122,92 @@ done
 [[ $train_jobs =~ ^[1-9][0-9]*$ ]] || { log "--train_jobs must be a positive integer, got '$train_jobs'"; exit 1; }
 [[ $control =~ ^(true|false)$ ]] || { log "--control must be true or false, got '$control'"; exit 1; }
 
+# ---------------------------------------------------------------- an existing ESPnet teacher, raw data
+# With --teacher_config the teacher is imported (copied) into ${exp}/asr_teacher/final and stages
+# 2-4 do not apply; the data are ESPnet's dump/raw/<set> dirs (wav.scp, text), the shape files
+# the trainer needs are made in ${exp}/data/<set>. Everything is checked before any stage runs.
+teacher_mode=false
+speech_file=feats.scp; speech_type=kaldi_ark
+if [ -n "$teacher_config" ] || [ -n "$teacher_model" ] || [ "$data_format" = raw ]; then
+    teacher_mode=true
+    if [ -z "$teacher_config" ] || [ -z "$teacher_model" ]; then
+        log "--teacher_config and --teacher_model go together (and --data_format raw needs them)"; exit 1
+    fi
+    if [ "$data_format" != raw ]; then
+        log "--teacher_config needs --data_format raw: an ESPnet model reads raw audio through its own frontend"; exit 1
+    fi
+    exp=${exp_dir:-exp/${dataset}_teacher}
+    dump=${dump_dir:-${data}}
+    train_dump=${dump}/${train_set}
+    baseline=${exp}/asr_teacher
+    token_list=${baseline}/final/tokens.txt
+    bpemodel=${baseline}/final/bpe.model
+    shape_dir=${exp}/data
+    speech_file=wav.scp
+    if [ "$control" = true ] || [ -n "$baselines" ]; then
+        # both are trained from our training config (fbank features, our tokens)
+        log "an imported teacher: no equal-budget control or same-size baselines (--control false)"
+        control=false; baselines=""
+    fi
+fi
+teacher_opts=(--teacher_config "$teacher_config" --teacher_model "$teacher_model")
+[ -n "$teacher_root" ] && teacher_opts+=(--teacher_root "$teacher_root")
+
+check_teacher() {  # check_teacher [with_data]: named errors before any work
+    local dirs=() s
+    if [ "${1:-}" = with_data ]; then for s in "$train_set" "$valid_set" $test_sets; do dirs+=(--data_dir "${dump}/${s}"); done; fi
+    python -m espnet_prune.recipe.teacher check "${teacher_opts[@]}" --prune_config "$prune_config" \
+        --max_unk_rate "$max_unk_rate" "${dirs[@]}" || exit 1
+}
+
+prepare_teacher() {  # import the teacher, make the shape files (each only when missing or stale)
+    local s
+    speech_type=$(python -m espnet_prune.recipe.teacher speech_type --data_dir "$train_dump")
+    if up_to_date "${baseline}/final/model.pth" "$teacher_config" "$teacher_model"; then
+        log "${baseline}/final: teacher already imported"
+    else
+        python -m espnet_prune.recipe.teacher import "${teacher_opts[@]}" --output_dir "${baseline}/final"
+        log "imported the teacher ${teacher_config} (${teacher_model}) into ${baseline}/final"
+    fi
+    for s in "$train_set" "$valid_set"; do
+        if ! up_to_date "${shape_dir}/${s}/text_shape.bpe" "${dump}/${s}/wav.scp" "${dump}/${s}/text" "${baseline}/final/model.pth"; then
+            python -m espnet_prune.recipe.teacher shapes --teacher_dir "${baseline}/final" \
+                --data_dir "${dump}/${s}" --out_dir "${shape_dir}/${s}"
+            log "${shape_dir}/${s}: speech_shape (samples) and text_shape.bpe written"
+        fi
+    done
+}
+
+# stage 1 makes the data unless --dump_dir points at existing ones: check the data after it
+teacher_data_later=false
+if [ "$teacher_mode" = true ]; then
+    if [ -z "$dump_dir" ] && [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+        teacher_data_later=true; check_teacher
+    else
+        check_teacher with_data
+    fi
+    train_data_opts=(
+        --train_data_path_and_name_and_type "${train_dump}/wav.scp,speech,SPEECH_TYPE"
+        --train_data_path_and_name_and_type "${train_dump}/text,text,text"
+        --train_shape_file "${shape_dir}/${train_set}/speech_shape" --train_shape_file "${shape_dir}/${train_set}/text_shape.bpe"
+        --valid_data_path_and_name_and_type "${dump}/${valid_set}/wav.scp,speech,SPEECH_TYPE"
+        --valid_data_path_and_name_and_type "${dump}/${valid_set}/text,text,text"
+        --valid_shape_file "${shape_dir}/${valid_set}/speech_shape" --valid_shape_file "${shape_dir}/${valid_set}/text_shape.bpe"
+    )
+else
+    train_data_opts=(
+        --token_list "$token_list" --token_type bpe --bpemodel "$bpemodel"
+        --input_size "$n_mels" --normalize global_mvn
+        --normalize_conf "stats_file=${dump}/${train_set}/feats_stats.npz"
+        --train_data_path_and_name_and_type "${train_dump}/feats.scp,speech,kaldi_ark"
+        --train_data_path_and_name_and_type "${train_dump}/text,text,text"
+        --train_shape_file "${train_dump}/feats_shape" --train_shape_file "${train_dump}/text_shape.bpe"
+        --valid_data_path_and_name_and_type "${dump}/${valid_set}/feats.scp,speech,kaldi_ark"
+        --valid_data_path_and_name_and_type "${dump}/${valid_set}/text,text,text"
+        --valid_shape_file "${dump}/${valid_set}/feats_shape" --valid_shape_file "${dump}/${valid_set}/text_shape.bpe"
+    )
+fi
+
 multi_gpu_args=""
 [ "$ngpu" -gt 1 ] && multi_gpu_args="--multiprocessing_distributed true"
 
@@ -120,26 +219,24 @@ train() {  # train OUTPUT_DIR CONFIG [args...]: ESPnet training, resumable
     ${train_cmd} "${out}/train.log" python -m espnet_prune.bin.asr_train \
         --config "$config" --output_dir "$out" --ngpu "$ngpu" $multi_gpu_args --resume true \
         --use_tensorboard false --use_matplotlib false \
-        --token_list "$token_list" --token_type bpe --bpemodel "$bpemodel" \
-        --input_size "$n_mels" --normalize global_mvn \
-        --normalize_conf "stats_file=${dump}/${train_set}/feats_stats.npz" \
-        --train_data_path_and_name_and_type "${train_dump}/feats.scp,speech,kaldi_ark" \
-        --train_data_path_and_name_and_type "${train_dump}/text,text,text" \
-        --train_shape_file "${train_dump}/feats_shape" --train_shape_file "${train_dump}/text_shape.bpe" \
-        --valid_data_path_and_name_and_type "${dump}/${valid_set}/feats.scp,speech,kaldi_ark" \
-        --valid_data_path_and_name_and_type "${dump}/${valid_set}/text,text,text" \
-        --valid_shape_file "${dump}/${valid_set}/feats_shape" --valid_shape_file "${dump}/${valid_set}/text_shape.bpe" \
+        "${train_data_opts[@]//SPEECH_TYPE/${speech_type}}" \
         ${train_args} "$@"
 }
 
 # ---------------------------------------------------------------- stages
-if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ]; then
+if [ "$stage" -le 1 ] && [ "$stop_stage" -ge 1 ] && { [ "$teacher_mode" = false ] || [ -z "$dump_dir" ]; }; then
     banner 1 "data preparation (${dataset})"
     local/data.sh --dataset "$dataset" --data "$data" --nj "$nj" \
         --mini_n_train "$mini_n_train" --mini_n_dev "$mini_n_dev" --mini_n_test "$mini_n_test" --mini_seed "$mini_seed"
 fi
 
-if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
+if [ "$teacher_mode" = true ]; then
+    [ "$teacher_data_later" = true ] && check_teacher with_data
+    [ "$stage" -le 4 ] && log "stages 2-4 skipped: the teacher ${teacher_config} brings its frontend, tokens and weights"
+    [ "$stop_stage" -ge 5 ] && prepare_teacher
+fi
+
+if [ "$teacher_mode" = false ] && [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
     banner 2 "fbank features (${n_mels} mel bins) and length filtering"
     for s in "$train_set" "$valid_set" $test_sets; do
         if [ -f "${dump}/${s}/.done" ] && up_to_date "${dump}/${s}/.done" "${data}/${s}/wav.scp" "${data}/${s}/text"; then
@@ -155,7 +252,7 @@ if [ "$stage" -le 2 ] && [ "$stop_stage" -ge 2 ]; then
     fi
 fi
 
-if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
+if [ "$teacher_mode" = false ] && [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     banner 3 "sentencepiece ${bpe_type} tokens (vocabulary ${vocab_size}) and text shapes"
     if up_to_date "$bpemodel" "${train_dump}/text"; then
         log "${bpemodel}: complete, skipped"
@@ -172,7 +269,7 @@ if [ "$stage" -le 3 ] && [ "$stop_stage" -ge 3 ]; then
     done
 fi
 
-if [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
+if [ "$teacher_mode" = false ] && [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ]; then
     banner 4 "baseline (teacher) training: ${train_config}"
     if up_to_date "${baseline}/final/model.pth" "$train_config" "$bpemodel"; then
         log "${baseline}/final: complete, skipped"
@@ -197,7 +294,14 @@ prune_job() {  # prune_job TARGET: gated training distilled from the teacher -> 
     if up_to_date "${out}/final_gated/model.pth" "${baseline}/final/model.pth" "$prune_config"; then
         log "${out}: complete, skipped"; return 0
     fi
-    train "$out" "$prune_config" \
+    local config=$prune_config
+    if [ "$teacher_mode" = true ]; then  # the teacher's architecture + the pruning options
+        config=${out}/prune_config.yaml
+        mkdir -p "$out"
+        python -m espnet_prune.recipe.teacher prune_config --teacher_dir "${baseline}/final" \
+            --prune_config "$prune_config" --output "$config"
+    fi
+    train "$out" "$config" \
         --model_conf "teacher_config=${baseline}/final/config.yaml" \
         --model_conf "teacher_model_file=${baseline}/final/model.pth" \
         --model_conf "target={${target%%:*}: ${target#*:}}"
@@ -340,6 +444,7 @@ fi
 if [ -n "$omp_threads_given" ]; then export OMP_NUM_THREADS=$omp_threads_given; else unset OMP_NUM_THREADS; fi
 
 models=("baseline=${baseline}/final")
+[ "$teacher_mode" = true ] && models=("teacher=${baseline}/final")
 [ "$control" = true ] && models+=("baseline_control=${control_dir}/final")
 for t in $prune_targets; do
     tag=$(target_tag "$t")
@@ -357,13 +462,13 @@ if [ "$stage" -le 8 ] && [ "$stop_stage" -ge 8 ]; then
                 log "${dec}: complete, skipped"; continue
             fi
             rm -rf "${dec}/logdir"
-            n=$(python -m espnet_prune.recipe.steps split_scp --scp "${dump}/${s}/feats.scp" --nj "$nj" --out_dir "${dec}/logdir")
+            n=$(python -m espnet_prune.recipe.steps split_scp --scp "${dump}/${s}/${speech_file}" --nj "$nj" --out_dir "${dec}/logdir")
             # one thread per job unless cores are left over: oversubscribed OpenMP is many times slower
             ${decode_cmd} JOB=1:"$n" "${dec}/logdir/decode.JOB.log" \
                 env OMP_NUM_THREADS=$(( $(nproc) / n > 0 ? $(nproc) / n : 1 )) python -m espnet_prune.bin.asr_inference \
                 --ngpu 0 --batch_size 1 --config "$inference_config" --fast_decoder "$fast_decoder" \
                 --asr_train_config "${dir}/config.yaml" --asr_model_file "${dir}/model.pth" \
-                --data_path_and_name_and_type "${dec}/logdir/keys.JOB.scp,speech,kaldi_ark" \
+                --data_path_and_name_and_type "${dec}/logdir/keys.JOB.scp,speech,${speech_type}" \
                 --output_dir "${dec}/logdir/output.JOB"
             parts=(); for ((j = 1; j <= n; j++)); do parts+=("${dec}/logdir/output.${j}/1best_recog/text"); done
             python -m espnet_prune.recipe.steps merge_text --output "${dec}/text" --expect "${dump}/${s}/text" "${parts[@]}"
@@ -385,8 +490,9 @@ if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
             fi
             # per voice family for the mini corpus, per speaker otherwise
             spk=${data}/${s}/utt2accent; [ -f "$spk" ] || spk=${dump}/${s}/utt2spk
+            spk_args=(); [ -f "$spk" ] && spk_args=(--utt2spk "$spk")
             python -m espnet_prune.data.scoring --ref "${dump}/${s}/text" --hyp "${dec}/text" \
-                --out_dir "${dec}/score_wer" --utt2spk "$spk" --sclite auto > /dev/null
+                --out_dir "${dec}/score_wer" "${spk_args[@]}" --sclite auto > /dev/null
             log "${dec}: $(grep -m1 'Sum/Avg' "${dec}/score_wer/result.txt" || true)"
         done
     done
@@ -404,7 +510,7 @@ if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
         python -m espnet_prune.recipe.report "${model_args[@]}" --test_sets $test_sets \
             --data_dir "$dump" --decode_name "$inference_tag" --inference_config "$inference_config" \
             --latency_set "${test_sets##* }" --latency_utts "$latency_utts" --threads 1 \
-            --fast_decoder "$fast_decoder" \
+            --fast_decoder "$fast_decoder" --data_format "$data_format" \
             "${published[@]}" --output "${exp}/RESULTS.md" --json "${exp}/results.json"
     fi
     cp "${exp}/RESULTS.md" RESULTS.md

@@ -24,6 +24,9 @@ setup(
         "kaldiio",
         "soundfile",
         "espeakng-loader",  # bundles libespeak-ng: the mini corpus synthesizer, no root needed
+        # training curves (the recipe's --use_tensorboard true, also ESPnet's default);
+        # torch.utils.tensorboard needs >= 1.15
+        "tensorboard>=1.15",
     ],
     extras_require={"test": ["pytest"]},
 )

@@ -4,6 +4,8 @@
 #   ./run.sh --dataset mini                       # embedded TTS corpus, CPU, ~20 min
 #   ./run.sh --dataset librispeech_100 --ngpu 1 --nj 16
 #   ./run.sh --stage 5 --stop_stage 8 --prune_targets "0.3 0.5 macs:0.5"
+#   ./run.sh --dataset librispeech --ngpu 4                      # one node, 4 GPUs (DDP)
+#   cmd_backend=slurm slurm_opts="-p gpu" ./run.sh --dataset librispeech --ngpu 4 --num_nodes 2
 #
 # Stages: 1 data, 2 features, 3 tokens, 4 baseline (teacher), 5 prune, 6 shrink (+ fine-tune),
 # 7 decode, 8 score and report. Every stage skips work that is already complete.
@@ -16,7 +18,8 @@ banner() { log "===== Stage $1: $2 ====="; }
 stage=1
 stop_stage=8
 dataset=mini              # mini | librispeech_100 | librispeech
-ngpu=0
+ngpu=0                    # GPUs per node for training (> 1: DDP, one process per GPU)
+num_nodes=1               # > 1: multi-node DDP through Slurm (needs cmd_backend=slurm, see cmd.sh)
 nj=2                      # parallel jobs for features and decoding
 conf_dir=""               # default: conf/mini for mini, conf otherwise
 train_config=""           # default: ${conf_dir}/train_asr_conformer.yaml
@@ -48,7 +51,7 @@ mini_seed=0
 
 while [ $# -gt 0 ]; do
     case $1 in
-        --help|-h) sed -n '2,10p' "$0"; exit 0 ;;
+        --help|-h) sed -n '2,12p' "$0"; exit 0 ;;
         --*=*) key=${1%%=*}; key=${key#--}; val=${1#*=}; shift ;;
         --*) key=${1#--}; [ $# -ge 2 ] || { log "missing value for $1"; exit 1; }; val=$2; shift 2 ;;
         *) log "unexpected argument: $1"; exit 1 ;;
@@ -75,10 +78,6 @@ train_config=${train_config:-${conf_dir}/train_asr_conformer.yaml}
 prune_config=${prune_config:-${conf_dir}/prune_asr_conformer.yaml}
 finetune_config=${finetune_config:-${conf_dir}/finetune_asr_conformer.yaml}
 inference_config=${inference_config:-${conf_dir}/decode_asr.yaml}
-for f in "$train_config" "$prune_config" "$inference_config"; do
-    [ -f "$f" ] || { log "config not found: $f"; exit 1; }
-done
-
 data=data/${dataset}
 dump=dump/${dataset}/fbank
 exp=exp/${dataset}
@@ -96,21 +95,80 @@ target_tag() { local t; t=$(parse_target "$1"); echo "${t%%:*}${t#*:}"; }
 # is $1 newer than (or as new as) all of $2...? (missing $1 -> no)
 up_to_date() { local out=$1; shift; [ -e "$out" ] || return 1; local f; for f in "$@"; do [ "$f" -nt "$out" ] && return 1; done; return 0; }
 
+# ---------------------------------------------------------------- checks before any stage
 # check every target before any stage runs (kind and value, as model_conf.target will)
 targets_checked=(); for t in $prune_targets; do targets_checked+=("$(parse_target "$t")"); done
 python -m espnet_prune.targets "${targets_checked[@]}" || exit 1
 
-multi_gpu_args=""
-[ "$ngpu" -gt 1 ] && multi_gpu_args="--multiprocessing_distributed true"
+problems=()
+runs() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }  # does stage $1 run?
+for v in stage stop_stage nj; do [[ ${!v} =~ ^[0-9]+$ ]] || problems+=("--${v} ${!v}: not a whole number"); done
+[[ $ngpu =~ ^[0-9]+$ ]] || problems+=("--ngpu ${ngpu}: not a whole number")
+[[ $num_nodes =~ ^[1-9][0-9]*$ ]] || problems+=("--num_nodes ${num_nodes}: must be a whole number >= 1")
+if [[ $num_nodes =~ ^[0-9]+$ ]] && [ "$num_nodes" -gt 1 ] && [ "$cmd_backend" != slurm ]; then
+    problems+=("--num_nodes ${num_nodes}: multi-node training needs cmd_backend=slurm (now '${cmd_backend}', see cmd.sh)")
+fi
+case $cmd_backend in local|slurm) ;; *) problems+=("cmd_backend=${cmd_backend}: must be local or slurm (cmd.sh)") ;; esac
+if [ ${#problems[@]} -eq 0 ]; then
+    # the configs of the stages that run, and what earlier stages left for them
+    need() { [ -e "$1" ] || problems+=("$1: not found ($2)"); }
+    runs 4 && need "$train_config" "--train_config"
+    runs 5 && need "$prune_config" "--prune_config"
+    runs 6 && [ "$finetune" = true ] && need "$finetune_config" "--finetune_config"
+    runs 7 && need "$inference_config" "--inference_config"
+    if [ "$stage" -ge 2 ] && [ "$stop_stage" -ge "$stage" ]; then
+        first=$stage
+        [ "$first" -eq 2 ] && for s in "$train_set" "$valid_set" $test_sets; do need "${data}/${s}/wav.scp" "made by stage 1"; done
+        [ "$first" -eq 3 ] && need "${train_dump}/text" "made by stage 2"
+        if [ "$first" -ge 4 ] && [ "$first" -le 7 ]; then
+            need "${train_dump}/feats.scp" "made by stage 2"; need "$bpemodel" "made by stage 3"
+        fi
+        [ "$first" -ge 5 ] && need "${baseline}/final/model.pth" "the baseline, made by stage 4"
+        for t in $prune_targets; do
+            p=${exp}/prune_$(target_tag "$t")
+            [ "$first" -eq 6 ] && need "${p}/final_gated/model.pth" "made by stage 5"
+            [ "$first" -ge 7 ] && need "${p}/final/model.pth" "made by stage 6"
+        done
+    fi
+fi
+if [ ${#problems[@]} -gt 0 ]; then
+    for p in "${problems[@]}"; do log "error: $p"; done
+    exit 1
+fi
+
+dist_args() {  # dist_args OUTPUT_DIR: ESPnet's distributed-training options for --ngpu / --num_nodes
+    if [ "$num_nodes" -gt 1 ]; then
+        # one srun task per node (run_jobs.sh --num_nodes), each spawning a process per GPU;
+        # ranks meet through a fresh file on the shared file system (as espnet2.bin.launch does)
+        echo "--multiprocessing_distributed true --dist_launcher slurm"
+        echo "--dist_init_method file://$(cd "$1" && pwd)/.dist_init_$(date +%s)_$$"
+        [ "$ngpu" -eq 0 ] && echo "--dist_backend gloo"
+    elif [ "$ngpu" -gt 1 ]; then
+        echo "--multiprocessing_distributed true"   # ESPnet spawns one process per GPU
+    fi
+    return 0
+}
+
+abandon() {  # abandon OUTPUT_DIR: after a failed training, keep nothing that looks like work
+    local out=$1
+    if [ -f "${out}/checkpoint.pth" ]; then
+        log "${out}: training failed; its checkpoint.pth is kept and a re-run resumes from it"
+    else
+        rm -rf "${out}.failed"
+        mv "$out" "${out}.failed"
+        log "${out}: training failed before its first checkpoint; moved to ${out}.failed (log: ${out}.failed/train.log)"
+    fi
+}
 
 train() {  # train OUTPUT_DIR CONFIG [args...]: ESPnet training, resumable
     local out=$1 config=$2; shift 2
     mkdir -p "$out"
+    local dist; dist=$(dist_args "$out")
     log "training ${out} (log: ${out}/train.log)"
     # shellcheck disable=SC2086
-    ${train_cmd} "${out}/train.log" python -m espnet_prune.bin.asr_train \
-        --config "$config" --output_dir "$out" --ngpu "$ngpu" $multi_gpu_args --resume true \
-        --use_tensorboard false --use_matplotlib false \
+    if ! ${train_cmd} --gpu "$ngpu" --num_nodes "$num_nodes" "${out}/train.log" python -m espnet_prune.bin.asr_train \
+        --config "$config" --output_dir "$out" --ngpu "$ngpu" $dist --resume true \
+        --use_tensorboard true --use_matplotlib false \
         --token_list "$token_list" --token_type bpe --bpemodel "$bpemodel" \
         --input_size "$n_mels" --normalize global_mvn \
         --normalize_conf "stats_file=${dump}/${train_set}/feats_stats.npz" \
@@ -120,7 +178,12 @@ train() {  # train OUTPUT_DIR CONFIG [args...]: ESPnet training, resumable
         --valid_data_path_and_name_and_type "${dump}/${valid_set}/feats.scp,speech,kaldi_ark" \
         --valid_data_path_and_name_and_type "${dump}/${valid_set}/text,text,text" \
         --valid_shape_file "${dump}/${valid_set}/feats_shape" --valid_shape_file "${dump}/${valid_set}/text_shape.bpe" \
-        ${train_args} "$@"
+        ${train_args} "$@"; then
+        rm -f "${out}"/.dist_init_*
+        abandon "$out"
+        return 1
+    fi
+    rm -f "${out}"/.dist_init_*
 }
 
 # ---------------------------------------------------------------- stages

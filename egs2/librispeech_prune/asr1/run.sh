@@ -115,7 +115,7 @@ if [ ${#problems[@]} -eq 0 ]; then
     runs 4 && need "$train_config" "--train_config"
     runs 5 && need "$prune_config" "--prune_config"
     runs 6 && [ "$finetune" = true ] && need "$finetune_config" "--finetune_config"
-    runs 7 && need "$inference_config" "--inference_config"
+    { runs 7 || runs 8; } && need "$inference_config" "--inference_config"
     if [ "$stage" -ge 2 ] && [ "$stop_stage" -ge "$stage" ]; then
         first=$stage
         [ "$first" -eq 2 ] && for s in "$train_set" "$valid_set" $test_sets; do need "${data}/${s}/wav.scp" "made by stage 1"; done

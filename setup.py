@@ -26,6 +26,10 @@ setup(
         "espeakng-loader",  # bundles libespeak-ng: the mini corpus synthesizer, no root needed
         "numpy",
         "matplotlib>=3.7",  # RESULTS.md plots (Agg backend, no display needed)
+        # training curves (the recipe's --use_tensorboard true, also ESPnet's default).
+        # Measured with this set's NumPy 2 / protobuf: 2.18 is the first that writes and
+        # reads events (2.13-2.17 use np.string_, 2.11 and 1.15 need protobuf < 4)
+        "tensorboard>=2.18",
     ],
     extras_require={"test": ["pytest"]},
 )

@@ -118,6 +118,28 @@ def test_comparison_models_have_the_budget_and_size(recipe):
     assert summary["params_shrunk_model"] == layerdrop
     assert abs(summary["size_error"] - (layerdrop / pruned - 1)) < 1e-9
 
+def _scalars(event_dir: Path) -> dict:
+    """TensorBoard scalars of one ESPnet summary writer: tag -> values in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(event_dir))
+    acc.Reload()
+    return {tag: [e.value for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def test_training_writes_tensorboard_curves(recipe):
+    work, _ = recipe
+    for model, epochs in (("asr_baseline", 2), ("prune_params0.5", 2)):
+        tb = work / "exp/mini" / model / "tensorboard"
+        assert list((tb / "train").glob("events.out.tfevents.*")), f"no event file in {tb}/train"
+        train, valid = _scalars(tb / "train"), _scalars(tb / "valid")
+        assert train["iter_epoch"] == list(range(1, epochs + 1))  # one entry per epoch (smoke configs)
+        assert len(valid["loss"]) == epochs
+    # the pruning run's state variables are curves too
+    train = _scalars(work / "exp/mini/prune_params0.5/tensorboard/train")
+    for key in ("expected_sparsity", "target_sparsity", "lambda1", "lambda2", "eval_sparsity"):
+        assert key in train, sorted(train)
+
 
 def test_rerun_does_no_work(recipe):
     work, _ = recipe

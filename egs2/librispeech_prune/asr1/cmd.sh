@@ -1,6 +1,9 @@
-# How jobs run. "local" runs them on this machine (in parallel, JOB=1:N);
-# "slurm" submits each job with srun (set slurm_opts, e.g. "-p gpu --gres=gpu:1").
-cmd_backend="${cmd_backend:-local}"
-slurm_opts="${slurm_opts:-}"
-train_cmd="local/run_jobs.sh --backend ${cmd_backend} --slurm_opts '${slurm_opts}'"
-decode_cmd="local/run_jobs.sh --backend ${cmd_backend} --slurm_opts '${slurm_opts}'"
+# How jobs run (read by local/run_jobs.sh from the environment):
+#   cmd_backend=local   run them on this machine (in parallel, JOB=1:N);
+#   cmd_backend=slurm   submit each job with srun; slurm_opts are srun options for every
+#                       job (e.g. "-p gpu --time 2-00:00:00"). Training jobs also get
+#                       --gres=gpu:NGPU and, with --num_nodes N, --nodes=N --ntasks-per-node=1.
+export cmd_backend="${cmd_backend:-local}"
+export slurm_opts="${slurm_opts:-}"
+train_cmd="local/run_jobs.sh"
+decode_cmd="local/run_jobs.sh"

@@ -6,6 +6,8 @@
 #   ./run.sh --stage 5 --stop_stage 9 --prune_targets "0.3 0.5 macs:0.5" --baselines "scratch magnitude layerdrop"
 #   ./run.sh --teacher_config exp/asr/config.yaml --teacher_model exp/asr/valid.acc.ave.pth \
 #       --data_format raw --dump_dir dump/raw --train_set train --valid_set dev --test_sets "test"
+#   ./run.sh --dataset librispeech --ngpu 4                      # one node, 4 GPUs (DDP)
+#   cmd_backend=slurm slurm_opts="-p gpu" ./run.sh --dataset librispeech --ngpu 4 --num_nodes 2
 #
 # Stages: 1 data, 2 features, 3 tokens, 4 baseline (teacher), 5 prune (+ equal-budget control),
 # 6 shrink (+ fine-tune), 7 same-size baselines, 8 decode, 9 score and report
@@ -19,7 +21,8 @@ banner() { log "===== Stage $1: $2 ====="; }
 stage=1
 stop_stage=9
 dataset=mini              # mini | librispeech_100 | librispeech
-ngpu=0
+ngpu=0                    # GPUs per node for training (> 1: DDP, one process per GPU)
+num_nodes=1               # > 1: multi-node DDP through Slurm (needs cmd_backend=slurm, see cmd.sh)
 nj=2                      # parallel jobs for features and decoding
 conf_dir=""               # default: conf/mini for mini, conf otherwise
 train_config=""           # default: ${conf_dir}/train_asr_conformer.yaml
@@ -64,7 +67,7 @@ max_unk_rate=0.01         # raw: largest fraction of the data's tokens the teach
 
 while [ $# -gt 0 ]; do
     case $1 in
-        --help|-h) sed -n '2,11p' "$0"; exit 0 ;;
+        --help|-h) sed -n '2,14p' "$0"; exit 0 ;;
         --*=*) key=${1%%=*}; key=${key#--}; val=${1#*=}; shift ;;
         --*) key=${1#--}; [ $# -ge 2 ] || { log "missing value for $1"; exit 1; }; val=$2; shift 2 ;;
         *) log "unexpected argument: $1"; exit 1 ;;
@@ -92,10 +95,6 @@ prune_config_name=prune_asr_conformer; [ -n "$teacher_config" ] && prune_config_
 prune_config=${prune_config:-${conf_dir}/${prune_config_name}.yaml}
 finetune_config=${finetune_config:-${conf_dir}/finetune_asr_conformer.yaml}
 inference_config=${inference_config:-${conf_dir}/decode_asr.yaml}
-for f in "$train_config" "$prune_config" "$finetune_config" "$inference_config"; do
-    [ -f "$f" ] || { log "config not found: $f"; exit 1; }
-done
-
 data=data/${dataset}
 dump=dump/${dataset}/fbank
 exp=${exp_dir:-exp/${dataset}}
@@ -113,6 +112,7 @@ target_tag() { local t; t=$(parse_target "$1"); echo "${t%%:*}${t#*:}"; }
 # is $1 newer than (or as new as) all of $2...? (missing $1 -> no)
 up_to_date() { local out=$1; shift; [ -e "$out" ] || return 1; local f; for f in "$@"; do [ "$f" -nt "$out" ] && return 1; done; return 0; }
 
+# ---------------------------------------------------------------- checks before any stage
 # check every target before any stage runs (kind and value, as model_conf.target will)
 targets_checked=(); for t in $prune_targets; do targets_checked+=("$(parse_target "$t")"); done
 python -m espnet_prune.targets "${targets_checked[@]}" || exit 1
@@ -208,19 +208,94 @@ else
     )
 fi
 
-multi_gpu_args=""
-[ "$ngpu" -gt 1 ] && multi_gpu_args="--multiprocessing_distributed true"
+control_dir=${exp}/baseline_control
+problems=()
+runs() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }  # does stage $1 run?
+for v in stage stop_stage nj; do [[ ${!v} =~ ^[0-9]+$ ]] || problems+=("--${v} ${!v}: not a whole number"); done
+[[ $ngpu =~ ^[0-9]+$ ]] || problems+=("--ngpu ${ngpu}: not a whole number")
+[[ $num_nodes =~ ^[1-9][0-9]*$ ]] || problems+=("--num_nodes ${num_nodes}: must be a whole number >= 1")
+if [[ $num_nodes =~ ^[0-9]+$ ]] && [ "$num_nodes" -gt 1 ] && [ "$cmd_backend" != slurm ]; then
+    problems+=("--num_nodes ${num_nodes}: multi-node training needs cmd_backend=slurm (now '${cmd_backend}', see cmd.sh)")
+fi
+case $cmd_backend in local|slurm) ;; *) problems+=("cmd_backend=${cmd_backend}: must be local or slurm (cmd.sh)") ;; esac
+if [ ${#problems[@]} -eq 0 ]; then
+    # the configs of the stages that run, and what earlier stages left for them
+    need() { [ -e "$1" ] || problems+=("$1: not found ($2)"); }
+    fbank=true; [ "$teacher_mode" = true ] && fbank=false
+    { { [ "$fbank" = true ] && runs 4; } || { [ "$control" = true ] && runs 5; } || { [[ " $baselines " == *" scratch "* ]] && runs 7; }; } &&
+        need "$train_config" "--train_config"
+    runs 5 && need "$prune_config" "--prune_config"
+    { { runs 6 && [ "$finetune" = true ]; } || { [ "$control" = true ] && runs 5; } || { [ -n "$baselines" ] && runs 7; }; } &&
+        need "$finetune_config" "--finetune_config"
+    { runs 8 || runs 9; } && need "$inference_config" "--inference_config"
+    if [ "$stage" -ge 2 ] && [ "$stop_stage" -ge "$stage" ]; then
+        first=$stage
+        if [ "$fbank" = true ]; then
+            [ "$first" -eq 2 ] && for s in "$train_set" "$valid_set" $test_sets; do need "${data}/${s}/wav.scp" "made by stage 1"; done
+            [ "$first" -eq 3 ] && need "${train_dump}/text" "made by stage 2"
+            if [ "$first" -ge 4 ] && [ "$first" -le 8 ]; then
+                need "${train_dump}/feats.scp" "made by stage 2"; need "$bpemodel" "made by stage 3"
+            fi
+            [ "$first" -ge 5 ] && need "${baseline}/final/model.pth" "the baseline, made by stage 4"
+        fi
+        for t in $prune_targets; do
+            p=${exp}/prune_$(target_tag "$t")
+            [ "$first" -eq 6 ] && need "${p}/final_gated/model.pth" "made by stage 5"
+            [ "$first" -ge 7 ] && need "${p}/final/model.pth" "made by stage 6"
+        done
+        [ "$first" -ge 8 ] && [ "$control" = true ] && need "${control_dir}/final/model.pth" "the control, made by stage 5"
+        for t in $prune_targets; do
+            for b in $baselines; do
+                [ "$first" -ge 8 ] && need "${exp}/${b}_$(target_tag "$t")/final/model.pth" "made by stage 7"
+            done
+        done
+    fi
+fi
+if [ ${#problems[@]} -gt 0 ]; then
+    for p in "${problems[@]}"; do log "error: $p"; done
+    exit 1
+fi
+
+dist_args() {  # dist_args OUTPUT_DIR: ESPnet's distributed-training options for --ngpu / --num_nodes
+    if [ "$num_nodes" -gt 1 ]; then
+        # one srun task per node (run_jobs.sh --num_nodes), each spawning a process per GPU;
+        # ranks meet through a fresh file on the shared file system (as espnet2.bin.launch does)
+        echo "--multiprocessing_distributed true --dist_launcher slurm"
+        echo "--dist_init_method file://$(cd "$1" && pwd)/.dist_init_$(date +%s)_$$"
+        [ "$ngpu" -eq 0 ] && echo "--dist_backend gloo"
+    elif [ "$ngpu" -gt 1 ]; then
+        echo "--multiprocessing_distributed true"   # ESPnet spawns one process per GPU
+    fi
+    return 0
+}
+
+abandon() {  # abandon OUTPUT_DIR: after a failed training, keep nothing that looks like work
+    local out=$1
+    if [ -f "${out}/checkpoint.pth" ]; then
+        log "${out}: training failed; its checkpoint.pth is kept and a re-run resumes from it"
+    else
+        rm -rf "${out}.failed"
+        mv "$out" "${out}.failed"
+        log "${out}: training failed before its first checkpoint; moved to ${out}.failed (log: ${out}.failed/train.log)"
+    fi
+}
 
 train() {  # train OUTPUT_DIR CONFIG [args...]: ESPnet training, resumable
     local out=$1 config=$2; shift 2
     mkdir -p "$out"
+    local dist; dist=$(dist_args "$out")
     log "training ${out} (log: ${out}/train.log)"
     # shellcheck disable=SC2086
-    ${train_cmd} "${out}/train.log" python -m espnet_prune.bin.asr_train \
-        --config "$config" --output_dir "$out" --ngpu "$ngpu" $multi_gpu_args --resume true \
-        --use_tensorboard false --use_matplotlib false \
+    if ! ${train_cmd} --gpu "$ngpu" --num_nodes "$num_nodes" "${out}/train.log" python -m espnet_prune.bin.asr_train \
+        --config "$config" --output_dir "$out" --ngpu "$ngpu" $dist --resume true \
+        --use_tensorboard true --use_matplotlib false \
         "${train_data_opts[@]//SPEECH_TYPE/${speech_type}}" \
-        ${train_args} "$@"
+        ${train_args} "$@"; then
+        rm -f "${out}"/.dist_init_*
+        abandon "$out"
+        return 1
+    fi
+    rm -f "${out}"/.dist_init_*
 }
 
 # ---------------------------------------------------------------- stages
@@ -283,7 +358,6 @@ if [ "$teacher_mode" = false ] && [ "$stage" -le 4 ] && [ "$stop_stage" -ge 4 ];
 fi
 
 # ---------------------------------------------------------------- comparison models
-control_dir=${exp}/baseline_control
 epochs() { python -m espnet_prune.recipe.same_size epochs "$@"; }
 # whole-model parameters of a pruned model (from its shrink summary)
 pruned_params() { python -c 'import json,sys; print(json.load(open(sys.argv[1]))["params_shrunk_model"])' "$1/shrunk/summary.json"; }

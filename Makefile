@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: test demo venv clean-venv
+.PHONY: test demo compare venv clean-venv
 
 venv: $(STAMP)
 
@@ -18,9 +18,15 @@ $(STAMP): setup.py constraints.txt
 test: $(STAMP)
 	NLTK_DATA=$(CURDIR)/$(VENV)/nltk_data $(PY) -m pytest -q tests
 
-# The whole recipe on the embedded mini corpus (CPU, about 20 minutes on 2 cores).
+# The whole recipe on the embedded mini corpus (CPU, about 20 minutes on 2 cores):
+# baseline, equal-budget control, one pruned model (params 0.5).
 demo: $(STAMP)
 	cd egs2/librispeech_prune/asr1 && ./run.sh --dataset mini
+
+# demo + targets 0.3 / 0.5 / 0.7 and the same-size baselines (reuses what demo made).
+compare: $(STAMP)
+	cd egs2/librispeech_prune/asr1 && ./run.sh --dataset mini --prune_targets "0.3 0.5 0.7" \
+		--baselines "scratch magnitude layerdrop"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -128,6 +128,19 @@ def build_asr(config: Path):
     return ASRTask.build_model(args), args
 
 
+def random_gated_asr(config: Path, seed: int = 0):
+    """A gated ESPnet ASR model from ``config`` with random weights, batch-norm statistics
+    and gates (some modules closed), in eval mode; returns (model, args)."""
+    model, args = build_asr(config)
+    torch.manual_seed(seed)
+    for name, p in model.named_parameters():
+        if "log_alpha" not in name:
+            p.data.normal_(0, 0.3)
+    randomize_batchnorm(model, seed)
+    set_random_gates(model.encoder, seed)
+    return model.eval(), args
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """Tiny tensors: one torch thread is fastest, and immune to a busy machine."""

@@ -2,9 +2,8 @@
 
 import numpy as np
 import soundfile
-import torch
 
-from conftest import build_asr, conf_variant, randomize_batchnorm, set_random_gates, write_asr_config
+from conftest import conf_variant, random_gated_asr, write_asr_config
 from espnet_prune.bin import asr_inference
 from espnet_prune.model_io import save_asr_model
 from espnet_prune.shrink import shrink_asr_model
@@ -25,14 +24,7 @@ def _decode(model_dir, wav_scp, out_dir):
 
 def test_gated_and_shrunk_models_decode_identically(tmp_path):
     config = write_asr_config(tmp_path / "gated.yaml", "gated_conformer", conf_variant("latest_rel_macaron"))
-    model, args = build_asr(config)
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "log_alpha" not in name:
-            p.data.normal_(0, 0.3)
-    randomize_batchnorm(model, 0)
-    set_random_gates(model.encoder, 0)
-    model.eval()
+    model, args = random_gated_asr(config)
     shrunk, shrunk_args = shrink_asr_model(model, args)
     save_asr_model(tmp_path / "gated", model, args)
     save_asr_model(tmp_path / "shrunk", shrunk, shrunk_args)

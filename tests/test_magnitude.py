@@ -22,7 +22,7 @@ from espnet_prune.blocks import subset_module
 from espnet_prune.magnitude import channel_norms, magnitude_prune, open_gates, unit_norms
 from espnet_prune.model_io import build_asr_model, count_params, load_train_args, save_asr_model
 from espnet_prune.recipe import same_size
-from espnet_prune.targets import build_selector, model_params
+from espnet_prune.targets import build_selector
 
 GATES = {"gate_granularities": ["heads", "ffn1_units", "ffn2_units", "conv_channels", "ffn1", "mha",
                                 "conv", "ffn2", "subsampling_channels"]}

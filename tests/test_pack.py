@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import build_asr, conf_variant, randomize_batchnorm, set_random_gates, write_asr_config
+from conftest import conf_variant, random_gated_asr, write_asr_config
 from espnet_prune.bin import pack
 from espnet_prune.model_io import save_asr_model
 from espnet_prune.shrink import shrink_asr_model
@@ -68,14 +68,7 @@ def shrunk_model(tmp_path, monkeypatch, one_thread):
     conf = yaml.safe_load(config.read_text())
     conf.update(normalize="global_mvn", normalize_conf={"stats_file": "feats_stats.npz"})
     config.write_text(yaml.safe_dump(conf))
-    model, args = build_asr(config)
-    torch.manual_seed(0)
-    for name, p in model.named_parameters():
-        if "log_alpha" not in name:
-            p.data.normal_(0, 0.3)
-    randomize_batchnorm(model, 0)
-    set_random_gates(model.encoder, 0)
-    model.eval()
+    model, args = random_gated_asr(config)
     shrunk, shrunk_args = shrink_asr_model(model, args)
     save_asr_model(tmp_path / "shrunk", shrunk, shrunk_args)
     save_asr_model(tmp_path / "gated", model, args)

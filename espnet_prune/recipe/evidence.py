@@ -22,7 +22,10 @@ import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from espnet2.utils.types import str2bool
+
 from espnet_prune.recipe import stats
+
 
 #: How ties count, as stated in RESULTS.md and the JSON.
 TIES = "a resample where both models make the same number of errors counts one half"
@@ -31,13 +34,6 @@ TIES = "a resample where both models make the same number of errors counts one h
 class EvidenceError(ValueError):
     """Bad statistics / plot input (the message names the option or file)."""
 
-
-def _str2bool(v: str) -> bool:
-    if v.lower() in ("true", "1", "yes"):
-        return True
-    if v.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
 
 
 def add_options(p: argparse.ArgumentParser) -> None:
@@ -52,7 +48,7 @@ def add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--bootstrap_seed", type=int, default=0, help="seed of the replicates")
     g.add_argument("--confidence", type=float, default=0.95,
                    help="confidence level of the percentile intervals")
-    g.add_argument("--plots", type=_str2bool, default=True, help="write the PNG figures")
+    g.add_argument("--plots", type=str2bool, default=True, help="write the PNG figures")
     g.add_argument("--plots_dir", default=None,
                    help="where the PNGs go (default: the directory of --output)")
     g.add_argument("--train_log", action="append", default=[], metavar="NAME=PATH",

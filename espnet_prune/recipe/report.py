@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+from espnet2.utils.types import str2bool
 
 from espnet_prune.fileio import atomic_write_text
 from espnet_prune.recipe import evidence
@@ -425,7 +426,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--macs_seconds", type=float, default=10.0, help="audio length for MACs")
     p.add_argument("--macs_tokens", type=int, default=40,
                    help="output tokens decoded for the inference MACs (one hypothesis)")
-    p.add_argument("--fast_decoder", type=_str2bool, default=True,
+    p.add_argument("--fast_decoder", type=str2bool, default=True,
                    help="also time each model with the fast exact decoder (espnet_prune.fast_decoding)")
     p.add_argument("--published", default=None, choices=sorted(PUBLISHED),
                    help="add published reference rows")
@@ -434,13 +435,6 @@ def get_parser() -> argparse.ArgumentParser:
     evidence.add_options(p)  # --control, --bootstrap_*, --confidence, --plots*, --train_log
     return p
 
-
-def _str2bool(v: str) -> bool:
-    if v.lower() in ("true", "1", "yes"):
-        return True
-    if v.lower() in ("false", "0", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
 
 
 def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:

@@ -25,7 +25,6 @@ import argparse
 import copy
 import json
 import math
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 

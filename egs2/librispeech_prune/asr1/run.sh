@@ -47,8 +47,8 @@ fast_decoder=true         # decode Transformer decoders with espnet_prune's fast
 train_args=""             # extra arguments for every training run
 # mini corpus size
 mini_n_train=1500
-mini_n_dev=150
-mini_n_test=200
+mini_n_dev=500
+mini_n_test=1000
 mini_seed=0
 # prune a model trained by ESPnet's own recipes (README "Prune your existing ESPnet model")
 teacher_config=""         # its config.yaml: architecture, frontend, normalization, tokens

@@ -83,10 +83,10 @@ def _yaml(path: Path) -> dict:
 
 
 def _params(model_dir: Path) -> int:
-    import torch
+    """Parameters of the model as ESPnet builds it (plugin registered), weights loaded."""
+    from espnet_prune.model_io import build_asr_model, count_params
 
-    state = torch.load(model_dir / "model.pth", map_location="cpu", weights_only=True)
-    return sum(v.numel() for k, v in state.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
+    return count_params(build_asr_model(model_dir / "config.yaml", model_dir / "model.pth")[0])
 
 
 def test_comparison_models_have_the_budget_and_size(recipe):

@@ -89,8 +89,9 @@ def _params(model_dir: Path) -> int:
     return count_params(build_asr_model(model_dir / "config.yaml", model_dir / "model.pth")[0])
 
 
-def test_comparison_models_have_the_budget_and_size(recipe):
+def test_comparison_models_have_the_budget_and_size(recipe, monkeypatch):
     work, _ = recipe
+    monkeypatch.chdir(work)  # the configs' paths (tokens, stats) are relative to the recipe
     exp = work / "exp/mini"
     conf = {name: _yaml(REPO / f"conf/smoke/{name}_asr_conformer.yaml") for name in ("train", "prune", "finetune")}
     # the control makes as many updates as pruning + fine-tuning: same batches, their epochs

@@ -88,10 +88,14 @@ def shrink_encoder(
     return pruned.to(device).train(gated.training), conf
 
 
-def load_strict(module: torch.nn.Module, state: Dict[str, torch.Tensor], what: str) -> None:
-    """``load_state_dict`` that names missing/unexpected keys and shape mismatches."""
+def load_strict(module: torch.nn.Module, state: Dict[str, torch.Tensor], what: str,
+                may_miss: Tuple[str, ...] = ()) -> None:
+    """``load_state_dict`` that names missing/unexpected keys and shape mismatches.
+
+    Keys of ``module`` ending with one of ``may_miss`` (e.g. ``log_alpha`` when dense
+    weights go into a gated model) may be absent from ``state``: they keep their values."""
     own = module.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(k for k in set(own) - set(state) if not (may_miss and k.endswith(may_miss)))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(
         k for k in set(own) & set(state) if own[k].shape != state[k].shape
@@ -101,7 +105,7 @@ def load_strict(module: torch.nn.Module, state: Dict[str, torch.Tensor], what: s
             f"{what}: state does not match the model: missing {missing[:10]}, "
             f"unexpected {unexpected[:10]}, shape mismatch {mismatched[:10]}"
         )
-    module.load_state_dict(state, strict=True)
+    module.load_state_dict(state, strict=not may_miss)
 
 
 def shrink_asr_model(

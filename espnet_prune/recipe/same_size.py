@@ -125,15 +125,10 @@ def load_teacher_into(model, teacher_file: Path) -> None:
     only gate parameters may be left out."""
     import torch
 
+    from espnet_prune.shrink import load_strict
+
     state = torch.load(teacher_file, map_location="cpu", weights_only=True)
-    own = model.state_dict()
-    unexpected = [k for k in state if k not in own]
-    missing = [k for k in own if k not in state and not k.endswith("log_alpha")]
-    shape = [k for k in state if k in own and own[k].shape != state[k].shape]
-    if unexpected or missing or shape:
-        raise ValueError(f"{teacher_file}: does not fit the gated model: unexpected {unexpected[:5]}, "
-                         f"missing {missing[:5]}, shape mismatch {shape[:5]}")
-    model.load_state_dict(state, strict=False)
+    load_strict(model, state, what=f"{teacher_file} into the gated model", may_miss=("log_alpha",))
 
 
 def magnitude(teacher_dir: Path, prune_config: Path, params: int, output_dir: Path,

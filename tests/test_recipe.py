@@ -71,6 +71,12 @@ def test_every_stage_produces_its_outputs(recipe):
     assert "baseline" in results and "prune_params0.5" in results
     for model in COMPARED:
         assert f"| {model} |" in results
+    # the pruned model is paired with each same-size baseline (not the control) per set
+    pairs = json.loads((work / "exp/mini/results.json").read_text())["statistics"]["pairs"]
+    baselines = [m for m in COMPARED if m.endswith("_params0.5")]
+    assert pairs == [["prune_params0.5", m] for m in baselines] and len(baselines) == 3
+    for m in baselines:
+        assert f"| prune_params0.5 | {m} | test |" in results
     # the final pruned model is a plain ESPnet model with a pruned encoder
     config = (work / "exp/mini/prune_params0.5/final/config.yaml").read_text()
     assert "encoder: pruned_conformer" in config and "prune_espnet" not in config

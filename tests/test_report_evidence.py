@@ -33,6 +33,7 @@ def test_intervals_paired_bootstrap_and_plots(setup, tmp_path):
     out = tmp_path / "out"
     log = _log(tmp_path / "train.log")
     rep = report.main(_argv(setup, out, "--latency_utts", "0", "--control", "pruned",
+                            "--pair", "pruned:baseline",
                             "--bootstrap_samples", "2000", "--bootstrap_seed", "3",
                             "--train_log", f"pruned={log}", "--plots_dir", str(out / "figs")))
     md = (out / "RESULTS.md").read_text()
@@ -74,6 +75,16 @@ def test_intervals_paired_bootstrap_and_plots(setup, tmp_path):
     assert "| pruned | test | 66.7 [66.7, 66.7] | +33.33 [+33.33, +33.33] | 0.000 | - | - |" in table
     assert "| baseline | test | 33.3 [33.3, 33.3] | - | - | -33.33 [-33.33, -33.33] | 1.000 |" in table
     assert "Bisani and Ney" in md and "counts one half" in md
+    # --pair pruned:baseline: the same comparison as pruned's vs_reference, its own table
+    assert st["pairs"] == [["pruned", "baseline"]]
+    for s in ("dev_clean", "test"):
+        assert by["pruned"]["paired"][s]["vs"] == {
+            "baseline": by["pruned"]["paired"][s]["vs_reference"]}
+        assert by["baseline"]["paired"][s]["vs"] == {}
+    pairs = md.split("### Chosen pairs (`--pair`)", 1)[1].split("\n## ", 1)[0]
+    assert ("| pruned | baseline | test | 66.7 [66.7, 66.7] | 33.3 [33.3, 33.3] | "
+            "+33.33 [+33.33, +33.33] | 0.000 |") in pairs
+    assert "| pruned | baseline | dev_clean | 25.0 [25.0, 25.0] | 12.5 [0.0, 25.0] |" in pairs
 
     # plots: in --plots_dir, linked relative to RESULTS.md, valid PNGs
     pl = js["plots"]
@@ -103,6 +114,13 @@ def test_bad_statistics_inputs_are_named(setup, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(evidence.EvidenceError, match="--control 'nope'"):
         report.main(_argv(setup, out, "--latency_utts", "0", "--control", "nope"))
+    for bad, what in (("pruned", "expected MODEL:OTHER"), ("pruned:nope", "'nope' is not"),
+                      ("pruned:pruned", "compared with itself")):
+        with pytest.raises(evidence.EvidenceError, match=f"--pair '{bad}'.*{what}"):
+            report.main(_argv(setup, out, "--latency_utts", "0", "--pair", bad))
+    with pytest.raises(evidence.EvidenceError, match="given twice"):
+        report.main(_argv(setup, out, "--latency_utts", "0", "--pair", "pruned:baseline",
+                          "--pair", "pruned:baseline"))
     with pytest.raises(evidence.EvidenceError, match="missing.log"):
         report.main(_argv(setup, out, "--latency_utts", "0",
                           "--train_log", f"pruned={tmp_path / 'missing.log'}"))

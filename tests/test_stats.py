@@ -184,6 +184,16 @@ def test_summarize_uses_shared_replicates_and_checks_utterances():
     ref = stats.paired_bootstrap(systems["pruned"].errors, systems["base"].errors, words,
                                  400, seed=2).to_dict()
     assert out["pruned"]["vs_reference"] == ref
+    # chosen pairs: the same replicates, so equal to a direct paired bootstrap of the two
+    paired = stats.summarize(systems, reference="base", n_resamples=400, seed=2,
+                             pairs=[("pruned", "control"), ("pruned", "base")])
+    assert list(paired["pruned"]["vs"]) == ["control", "base"]
+    assert paired["pruned"]["vs"]["base"] == ref
+    assert paired["pruned"]["vs"]["control"] == stats.paired_bootstrap(
+        systems["pruned"].errors, systems["control"].errors, words, 400, seed=2).to_dict()
+    assert paired["control"]["vs"] == {} and paired["base"]["vs"] == {}
+    with pytest.raises(ValueError, match="'nope'"):
+        stats.summarize(systems, reference="base", pairs=[("pruned", "nope")])
     # a system scored on other utterances cannot be paired
     bad = dict(systems, other=stats.UtteranceErrors(utts[:-1] + ["zz"], words, words))
     with pytest.raises(ValueError, match="different utterances"):

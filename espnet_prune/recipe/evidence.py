@@ -4,11 +4,12 @@ The report (:mod:`espnet_prune.recipe.report`) calls, in this order:
 
 1. :func:`add_options` on its parser;
 2. :func:`check_options` and :func:`read_statistics` before building any model: they
-   check ``--control`` / ``--train_log`` and score every model per utterance from
+   check ``--control`` / ``--pair`` / ``--train_log`` and score every model per utterance from
    ``<model>/<decode_name>_<set>/score_wer/{ref,hyp}.trn`` (the files ``result.txt`` was
    scored from), checking that the totals equal ``result.txt``'s;
 3. :func:`attach_statistics` on the finished rows (bootstrap CI per WER, paired
-   bootstrap against the reference and the control model, per-utterance errors);
+   bootstrap against the reference, the control model and the ``--pair`` models,
+   per-utterance errors);
 4. :func:`write_plots` (PNG files beside RESULTS.md, paths relative to it);
 5. :func:`definitions`, :func:`wer_cell`, :func:`paired_section` and :func:`plots_section`
    when writing Markdown.
@@ -42,6 +43,10 @@ def add_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--control", default=None, metavar="NAME",
                    help="a --model name (e.g. the equal-budget dense control) every model is "
                         "also compared with by the paired bootstrap")
+    g.add_argument("--pair", action="append", default=[], metavar="MODEL:OTHER",
+                   help="also compare --model MODEL with --model OTHER by the paired "
+                        "bootstrap (e.g. a pruned model with a same-size baseline; "
+                        "repeatable)")
     g.add_argument("--bootstrap_samples", type=int, default=stats.N_RESAMPLES,
                    help="bootstrap replicates of the utterances (0: no intervals or paired "
                         "comparisons)")
@@ -63,6 +68,7 @@ def check_options(a: argparse.Namespace, model_names: Sequence[str]) -> None:
     if a.control is not None and a.control not in model_names:
         raise EvidenceError(f"--control {a.control!r} is not one of the --model names "
                             f"{list(model_names)}")
+    parse_pairs(a.pair, model_names)
     if a.bootstrap_samples < 0:
         raise EvidenceError(f"--bootstrap_samples must be >= 0, got {a.bootstrap_samples}")
     if not 0 < a.confidence < 1:
@@ -71,6 +77,26 @@ def check_options(a: argparse.Namespace, model_names: Sequence[str]) -> None:
         parse_named_logs(a.train_log)
     except (ValueError, FileNotFoundError) as e:
         raise EvidenceError(str(e)) from None
+
+
+def parse_pairs(values: Sequence[str], model_names: Sequence[str]) -> List[Tuple[str, str]]:
+    """``["a:b", ...]`` (``--pair``) -> ``[("a", "b"), ...]``, each a pair of two different
+    ``--model`` names, no pair twice; raises :class:`EvidenceError` naming the value."""
+    pairs: List[Tuple[str, str]] = []
+    for v in values:
+        a, sep, b = v.partition(":")
+        if not sep or not a or not b:
+            raise EvidenceError(f"--pair {v!r}: expected MODEL:OTHER")
+        for n in (a, b):
+            if n not in model_names:
+                raise EvidenceError(f"--pair {v!r}: {n!r} is not one of the --model names "
+                                    f"{list(model_names)}")
+        if a == b:
+            raise EvidenceError(f"--pair {v!r}: a model compared with itself")
+        if (a, b) in pairs:
+            raise EvidenceError(f"--pair {v!r} is given twice")
+        pairs.append((a, b))
+    return pairs
 
 
 # --------------------------------------------------------------------------- statistics
@@ -139,21 +165,22 @@ def attach_statistics(a: argparse.Namespace, rows: List[Dict[str, Any]],
         return {"enabled": False}
     alpha = 1 - a.confidence
     reference = rows[0]["name"]
+    pairs = parse_pairs(a.pair, [r["name"] for r in rows])
     sets: Dict[str, Any] = {}
     for s, systems in per_set.items():
         summary = stats.summarize(systems, reference=reference, control=a.control,
                                   n_resamples=a.bootstrap_samples, alpha=alpha,
-                                  seed=a.bootstrap_seed)
+                                  seed=a.bootstrap_seed, pairs=pairs)
         first = next(iter(systems.values()))
         sets[s] = {"utterances": first.utts, "words": first.words.tolist()}
         for r in rows:
             r["wer"][s]["ci"] = summary[r["name"]]["ci"]
             r["wer"][s]["utt_errors"] = systems[r["name"]].errors.tolist()
             r.setdefault("paired", {})[s] = {k: summary[r["name"]][k]
-                                             for k in ("vs_reference", "vs_control")}
+                                             for k in ("vs_reference", "vs_control", "vs")}
     return {"enabled": True, "n_resamples": a.bootstrap_samples, "seed": a.bootstrap_seed,
             "confidence": a.confidence, "reference": reference, "control": a.control,
-            "ties": TIES, "sets": sets}
+            "pairs": [list(p) for p in pairs], "ties": TIES, "sets": sets}
 
 
 # --------------------------------------------------------------------------- plots
@@ -233,7 +260,9 @@ def definitions(report: Dict[str, Any]) -> str:
     if not st.get("enabled"):
         return ("No confidence intervals (`--bootstrap_samples 0`).")
     conf = f"{100 * st['confidence']:g} %"
-    ctrl = f", and vs the control `{st['control']}` (`--control`)" if st.get("control") else ""
+    ctrl = f", vs the control `{st['control']}` (`--control`)" if st.get("control") else ""
+    if st.get("pairs"):
+        ctrl += ", and of each chosen pair's model vs its other model (`--pair`)"
     return (
         f"**[low, high]** after a WER: its {conf} bootstrap confidence interval, the "
         f"{100 * (1 - st['confidence']) / 2:g} % and {100 * (1 + st['confidence']) / 2:g} % "
@@ -287,7 +316,29 @@ def paired_section(report: Dict[str, Any]) -> List[str]:
                     cells += _cmp_cells(pr["vs_control"])
                 L.append("| " + " | ".join(cells) + " |")
         L.append("")
+        L += _pairs_table(report)
     return L
+
+
+def _pairs_table(report: Dict[str, Any]) -> List[str]:
+    """The ``--pair`` comparisons: one row per pair and set (Markdown lines)."""
+    st = report["statistics"]
+    if not st.get("pairs"):
+        return []
+    by_name = {r["name"]: r for r in report["models"]}
+    head = ["model", "other", "set", "WER model", "WER other", "ΔWER (model - other)",
+            "P(model better)"]
+    L = ["### Chosen pairs (`--pair`)", "",
+         "Same resamples as above; P(model better) near 1 (0) means the model is reliably "
+         "better (worse) than the other.", "",
+         "| " + " | ".join(_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
+    for a, b in st["pairs"]:
+        for s in report["settings"]["test_sets"]:
+            cells = [_cell(a), _cell(b), _cell(s), wer_cell(by_name[a]["wer"][s]),
+                     wer_cell(by_name[b]["wer"][s])]
+            L.append("| " + " | ".join(cells + _cmp_cells(by_name[a]["paired"][s]["vs"][b]))
+                     + " |")
+    return L + [""]
 
 
 def plots_section(report: Dict[str, Any]) -> List[str]:

@@ -38,8 +38,8 @@ What is measured (DESIGN section 4):
   and, with ``--fast_decoder true`` (the default), with the fast exact decoder the recipe
   decodes with (``decode``; :func:`espnet_prune.fast_decoding`), whose hypotheses are
   checked to be the same (``fast_decoder_same_hyps``).
-* WER confidence intervals, paired-bootstrap comparisons with the reference and
-  ``--control``, and the PNG figures: :mod:`espnet_prune.recipe.evidence`.
+* WER confidence intervals, paired-bootstrap comparisons with the reference,
+  ``--control`` and ``--pair`` models, and the PNG figures: :mod:`espnet_prune.recipe.evidence`.
 """
 
 from __future__ import annotations
@@ -432,7 +432,7 @@ def get_parser() -> argparse.ArgumentParser:
                    help="add published reference rows")
     p.add_argument("--output", required=True, help="Markdown output (RESULTS.md)")
     p.add_argument("--json", default=None, help="JSON output")
-    evidence.add_options(p)  # --control, --bootstrap_*, --confidence, --plots*, --train_log
+    evidence.add_options(p)  # --control, --pair, --bootstrap_*, --confidence, --plots*, --train_log
     return p
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -273,21 +273,26 @@ def check_same_utterances(name_a: str, a: UtteranceErrors, name_b: str,
 
 def summarize(per_system: Dict[str, UtteranceErrors], reference: str,
               control: Optional[str] = None, n_resamples: int = N_RESAMPLES,
-              alpha: float = 0.05, seed: int = 0) -> Dict[str, Dict[str, object]]:
-    """Bootstrap CI of every system and paired comparisons against ``reference`` and
-    ``control``, all on the same replicates (one seed for the whole set).
+              alpha: float = 0.05, seed: int = 0,
+              pairs: Sequence[Tuple[str, str]] = ()) -> Dict[str, Dict[str, object]]:
+    """Bootstrap CI of every system and paired comparisons against ``reference``,
+    ``control`` and the chosen ``pairs``, all on the same replicates (one seed for the
+    whole set).
 
     Args:
         per_system: system name -> its per-utterance errors on one test set.
         reference, control: names in ``per_system`` to compare every system with.
+        pairs: ``(a, b)`` names: also compare system ``a`` with ``b`` (e.g. a pruned
+            model with a same-size baseline).
 
     Returns:
         name -> ``{"wer", "ci": [low, high], "vs_reference": {...} | None,
-        "vs_control": {...} | None}`` (comparisons from :meth:`PairedComparison.to_dict`,
-        None against itself or without a control).
+        "vs_control": {...} | None, "vs": {b: {...}}}`` (comparisons from
+        :meth:`PairedComparison.to_dict`, None against itself or without a control;
+        ``vs`` holds this system's ``pairs``, in their order).
     """
     names = list(per_system)
-    for required in (reference, control):
+    for required in (reference, control, *(n for pair in pairs for n in pair)):
         if required is not None and required not in per_system:
             raise ValueError(f"{required!r} is not one of the systems {names}")
     first = per_system[names[0]]
@@ -306,5 +311,7 @@ def summarize(per_system: Dict[str, UtteranceErrors], reference: str,
         for key, other in (("vs_reference", reference), ("vs_control", control)):
             row[key] = None if other is None or other == n else _paired(
                 e[:, k], e[:, names.index(other)], w, c, alpha).to_dict()
+        row["vs"] = {b: _paired(e[:, k], e[:, names.index(b)], w, c, alpha).to_dict()
+                     for a, b in pairs if a == n}
         out[n] = row
     return out

@@ -579,6 +579,8 @@ if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
         [ "$control" = true ] && model_args+=(--control baseline_control)
         for t in $prune_targets; do
             tag=$(target_tag "$t"); model_args+=(--train_log "prune_${tag}=${exp}/prune_${tag}/train.log")
+            # each pruned model against its same-size baselines, in the paired-bootstrap table
+            for b in $baselines; do model_args+=(--pair "prune_${tag}:${b}_${tag}"); done
         done
         # shellcheck disable=SC2086
         python -m espnet_prune.recipe.report "${model_args[@]}" --test_sets $test_sets \

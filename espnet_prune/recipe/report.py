@@ -64,6 +64,7 @@ from espnet2.utils.types import str2bool
 
 from espnet_prune.fileio import atomic_write_text
 from espnet_prune.recipe import evidence
+from espnet_prune.recipe.options import parse_named_paths
 
 #: Published results (reference rows, not reproduced here).
 PUBLISHED: Dict[str, Dict[str, Any]] = {
@@ -96,21 +97,16 @@ class ReportError(ValueError):
 
 def parse_models(specs: Sequence[str]) -> List[Tuple[str, Path]]:
     """``NAME=DIR`` options -> ``[(name, dir)]``; checks config.yaml / model.pth exist."""
-    out: List[Tuple[str, Path]] = []
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        name = name.strip()
-        if not sep or not name or not path:
-            raise ReportError(f"--model {spec!r}: expected NAME=DIR")
-        if any(n == name for n, _ in out):
-            raise ReportError(f"--model {spec!r}: model name {name!r} given twice")
-        d = Path(path)
+    try:
+        out = parse_named_paths(specs, "--model", "DIR")
+    except ValueError as e:
+        raise ReportError(str(e)) from None
+    for name, d in out:
         if not d.is_dir():
             raise ReportError(f"--model {name}: model directory not found: {d}")
         for f in ("config.yaml", "model.pth"):
             if not (d / f).is_file():
                 raise ReportError(f"--model {name}: {d / f} not found")
-        out.append((name, d))
     if not out:
         raise ReportError("at least one --model NAME=DIR is required")
     return out

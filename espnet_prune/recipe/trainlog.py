@@ -34,6 +34,8 @@ from typing import Dict, List, Sequence, Tuple, Union
 
 import numpy as np
 
+from espnet_prune.recipe.options import parse_named_paths
+
 PathLike = Union[str, "os.PathLike[str]"]
 
 #: The values the pruning plots need.
@@ -163,15 +165,8 @@ def parse_train_log(path: PathLike, required: Sequence[str] = ()) -> TrainCurve:
 def parse_named_logs(specs: Sequence[str], option: str = "--train_log"
                      ) -> List[Tuple[str, Path]]:
     """``NAME=PATH`` options -> ``[(name, path)]`` (names unique, files present)."""
-    out: List[Tuple[str, Path]] = []
-    for spec in specs:
-        name, sep, path = spec.partition("=")
-        name = name.strip()
-        if not sep or not name or not path:
-            raise ValueError(f"{option} {spec!r}: expected NAME=PATH")
-        if any(n == name for n, _ in out):
-            raise ValueError(f"{option} {spec!r}: name {name!r} given twice")
-        if not Path(path).is_file():
+    out = parse_named_paths(specs, option)
+    for name, path in out:
+        if not path.is_file():
             raise FileNotFoundError(f"{option} {name}: training log not found: {path}")
-        out.append((name, Path(path)))
     return out

@@ -12,7 +12,8 @@ The report (:mod:`espnet_prune.recipe.report`) calls, in this order:
    per-utterance errors);
 4. :func:`write_plots` (PNG files beside RESULTS.md, paths relative to it);
 5. :func:`definitions`, :func:`wer_cell`, :func:`paired_section` and :func:`plots_section`
-   when writing Markdown.
+   when writing Markdown (its tables' rows: :func:`cell`, :func:`markdown_row`,
+   :func:`markdown_head`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import argparse
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 from espnet2.utils.types import str2bool
 
@@ -306,15 +307,15 @@ def paired_section(report: Dict[str, Any]) -> List[str]:
             head += [f"ΔWER vs {ctrl}", f"P(better than {ctrl})"]
         L += ["## Paired bootstrap", "",
               f"{st['n_resamples']} paired resamples of the utterances per set; see Definitions.",
-              "", "| " + " | ".join(_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
+              ""] + markdown_head(head)
         for s in report["settings"]["test_sets"]:
             for r in rows:
                 pr = r["paired"][s]
-                cells = [_cell(r["name"]), _cell(s), wer_cell(r["wer"][s])]
+                cells = [cell(r["name"]), cell(s), wer_cell(r["wer"][s])]
                 cells += _cmp_cells(pr["vs_reference"])
                 if ctrl:
                     cells += _cmp_cells(pr["vs_control"])
-                L.append("| " + " | ".join(cells) + " |")
+                L.append(markdown_row(cells))
         L.append("")
         L += _pairs_table(report)
     return L
@@ -330,14 +331,12 @@ def _pairs_table(report: Dict[str, Any]) -> List[str]:
             "P(model better)"]
     L = ["### Chosen pairs (`--pair`)", "",
          "Same resamples as above; P(model better) near 1 (0) means the model is reliably "
-         "better (worse) than the other.", "",
-         "| " + " | ".join(_cell(h) for h in head) + " |", "|" + "---|" * len(head)]
+         "better (worse) than the other.", ""] + markdown_head(head)
     for a, b in st["pairs"]:
         for s in report["settings"]["test_sets"]:
-            cells = [_cell(a), _cell(b), _cell(s), wer_cell(by_name[a]["wer"][s]),
+            cells = [cell(a), cell(b), cell(s), wer_cell(by_name[a]["wer"][s]),
                      wer_cell(by_name[b]["wer"][s])]
-            L.append("| " + " | ".join(cells + _cmp_cells(by_name[a]["paired"][s]["vs"][b]))
-                     + " |")
+            L.append(markdown_row(cells + _cmp_cells(by_name[a]["paired"][s]["vs"][b])))
     return L + [""]
 
 
@@ -350,20 +349,31 @@ def plots_section(report: Dict[str, Any]) -> List[str]:
         if pl.get("wer_vs_params"):
             L += [f"![WER against whole-model parameters]({pl['wer_vs_params']})", ""]
         for name, p in pl.get("structure", {}).items():
-            L += [f"What `{_cell(name)}` kept, as a fraction of the dense sizes "
+            L += [f"What `{cell(name)}` kept, as a fraction of the dense sizes "
                   "(front-end Conv2d channels, encoder block modules, decoder layer sublayers):",
-                  "", f"![{_cell(name)}: kept structure]({p})", ""]
+                  "", f"![{cell(name)}: kept structure]({p})", ""]
         if pl.get("training_curves"):
             logs = ", ".join(f"`{n}`: `{p}`" for n, p in pl.get("training_logs", {}).items())
             L += [f"Pruning runs' expected sparsity vs the target, and lambda1 / lambda2, "
                   f"against the training step ({logs}):", "",
                   f"![training curves]({pl['training_curves']})", ""]
         for what, why in pl.get("skipped", {}).items():
-            L.append(f"- no figure for {what}: {_cell(why)}")
+            L.append(f"- no figure for {what}: {cell(why)}")
         if pl.get("skipped"):
             L.append("")
     return L
 
 
-def _cell(s: Any) -> str:
+def cell(s: Any) -> str:
+    """``s`` as a Markdown table cell (``|`` escaped)."""
     return str(s).replace("|", "\\|")
+
+
+def markdown_row(cells: Iterable[str]) -> str:
+    """One Markdown table row of already formatted ``cells``."""
+    return "| " + " | ".join(cells) + " |"
+
+
+def markdown_head(head: Sequence[str]) -> List[str]:
+    """A Markdown table's header row (cells escaped) and its separator row."""
+    return [markdown_row(cell(h) for h in head), "|" + "---|" * len(head)]

@@ -616,10 +616,6 @@ def _f(x: Optional[float], fmt: str) -> str:
     return format(x, fmt)
 
 
-def _cell(s: str) -> str:
-    return str(s).replace("|", "\\|")
-
-
 DEFINITIONS = (
     "Every ratio is to the reference model `{ref}` (first `--model`). "
     "**WER** (%): sclite-compatible (S + D + I) / reference words, from "
@@ -687,24 +683,24 @@ def format_markdown(r: Dict[str, Any]) -> str:
             + ["params (M)", "params ratio", "enc params (M)", f"enc MACs@{sec:g}s (G)",
                "MACs ratio", "dec MACs/token ratio", "inference MACs ratio", "enc latency ratio",
                "decode RTF (ESPnet decoder)", "decode RTF (fast decoder)", "RTF ratio"])
-    L += ["## Summary", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    L += ["## Summary", ""] + evidence.markdown_head(head)
     for m in rows:
         lat, dec = m.get("encoder_latency") or {}, m.get("decode") or {}
         esp = m.get("decode_espnet") or {}
         fast_rtf = dec.get("rtf") if dec.get("decoder") == "fast" else None
-        cells = ([_cell(m["name"])] + [evidence.wer_cell(m["wer"][s]) for s in sets]
+        cells = ([evidence.cell(m["name"])] + [evidence.wer_cell(m["wer"][s]) for s in sets]
                  + [_f(m["params"]["total"] / 1e6, ".2f"), _f(m["params_ratio"], ".3f"),
                     _f(m["params"]["encoder"] / 1e6, ".2f"), _f(m["encoder_macs"] / 1e9, ".3f"),
                     _f(m["macs_ratio"], ".3f"), _f(m.get("decoder_token_macs_ratio"), ".3f"),
                     _f(m.get("inference_macs_ratio"), ".3f"), _f(lat.get("ratio"), ".3f"),
                     _f(esp.get("rtf"), ".3g"), _f(fast_rtf, ".3g"), _f(dec.get("ratio"), ".3f")])
-        L.append("| " + " | ".join(cells) + " |")
+        L.append(evidence.markdown_row(cells))
     pub = r.get("published")
     if pub:
-        cells = ([_cell(f"{pub['label']} (published, not reproduced here)")]
+        cells = ([evidence.cell(f"{pub['label']} (published, not reproduced here)")]
                  + [_f(pub["wer"][s]["Err"], ".1f") if s in pub["wer"] else "-" for s in sets]
                  + ["-"] * 11)
-        L.append("| " + " | ".join(cells) + " |")
+        L.append(evidence.markdown_row(cells))
         L += ["", f"Published reference ({pub['source']}): "
               + ", ".join(f"{s} {v['Err']:.1f}" for s, v in pub["wer"].items())
               + " WER; not reproduced here" + (
@@ -721,12 +717,12 @@ def format_markdown(r: Dict[str, Any]) -> str:
           "|" + "---|" * 12]
     for m in rows:
         sp = m["sparsity"]
-        L.append("| " + " | ".join([
-            _cell(m["name"]), m["encoder"], f"{m['params']['total']:,}",
+        L.append(evidence.markdown_row([
+            evidence.cell(m["name"]), m["encoder"], f"{m['params']['total']:,}",
             f"{m['params']['encoder']:,}", f"{m['block_params']:,}", f"{m['encoder_macs']:,}",
             f"{m['block_macs']:,}", _f(sp["params_whole_model"], ".3f"),
             _f(sp["params_encoder"], ".3f"), _f(sp["params_blocks"], ".3f"),
-            _f(sp["macs_encoder"], ".3f"), _f(sp["macs_blocks"], ".3f")]) + " |")
+            _f(sp["macs_encoder"], ".3f"), _f(sp["macs_blocks"], ".3f")]))
     L.append("")
 
     # ---- timing
@@ -742,14 +738,14 @@ def format_markdown(r: Dict[str, Any]) -> str:
             esp = m.get("decode_espnet") or {}
             fast = dec if dec.get("decoder") == "fast" else {}
             same = m.get("fast_decoder_same_hyps")
-            L.append("| " + " | ".join([
-                _cell(m["name"]), _f(lat["total_s"] * 1e3 if "total_s" in lat else None, ".2f"),
+            L.append(evidence.markdown_row([
+                evidence.cell(m["name"]), _f(lat["total_s"] * 1e3 if "total_s" in lat else None, ".2f"),
                 _f(lat.get("ratio"), ".3f"), _f(lat.get("ratio_median_utt"), ".3f"),
                 _f(esp.get("total_s"), ".3f"), _f(esp.get("rtf"), ".3g"),
                 _f(fast.get("total_s"), ".3f"), _f(fast.get("rtf"), ".3g"),
                 _f(m.get("fast_decoder_ratio"), ".3f"),
                 "-" if same is None else ("yes" if same else "**no**"),
-                _f(dec.get("ratio"), ".3f")]) + " |")
+                _f(dec.get("ratio"), ".3f")]))
         L.append("")
 
     L += evidence.plots_section(r)

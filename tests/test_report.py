@@ -192,6 +192,7 @@ def test_report_against_independent_references(setup, tmp_path):
         for col in ("enc latency ratio", "decode RTF (ESPnet decoder)", "decode RTF (fast decoder)",
                     "RTF ratio"):
             assert 0 < float(rows[name][col]) < math.inf
+    assert js["timing"]["decode_repeatable"] is True  # every repeat of a decode gives the same n-best
     assert by["baseline"]["encoder_latency"]["ratio"] == 1.0
     assert by["baseline"]["decode"]["ratio"] == 1.0 and by["baseline"]["decode_espnet"]["ratio"] == 1.0
     assert js["settings"]["fast_decoder"] is True
@@ -237,3 +238,43 @@ def test_bad_inputs_name_the_path(setup, tmp_path):
     with pytest.raises(report.ReportError, match=re.escape(str(tmp_path / "no_such_model"))):
         report.main(argv)
     assert not out.exists()  # nothing written on error
+
+
+def test_every_timed_decode_reads_its_own_copy_of_the_input(setup, tmp_path):
+    """ESPnet's GlobalMVN normalizes in place: a tensor decoded twice is normalized twice.
+    The report's timing loop must hand every call (warm-up included) a fresh copy."""
+    import espnet_prune
+    from espnet2.bin.asr_inference import Speech2Text
+    from espnet2.tasks.asr import ASRTask
+
+    espnet_prune.register()
+    stats = tmp_path / "feats_stats.npz"  # far from zero mean / unit variance
+    np.savez(stats, count=np.array(100), sum=np.full(20, 300.0), sum_square=np.full(20, 1000.0))
+    cfg = _config(tmp_path / "mvn.yaml", "conformer", dict(TINY_CONF))
+    conf = yaml.safe_load(cfg.read_text())
+    conf.update(normalize="global_mvn", normalize_conf={"stats_file": str(stats)})
+    cfg.write_text(yaml.safe_dump(conf))
+    torch.manual_seed(3)
+    args = ASRTask.get_parser().parse_args(["--config", str(cfg), "--output_dir", "unused"])
+    save_asr_model(tmp_path / "mvn", ASRTask.build_model(args), args)
+    s2t = Speech2Text(asr_train_config=str(tmp_path / "mvn/config.yaml"),
+                      asr_model_file=str(tmp_path / "mvn/model.pth"), device="cpu",
+                      beam_size=2, ctc_weight=0.3, maxlenratio=0.0, minlenratio=0.0, nbest=1)
+
+    def decode(x):
+        with torch.inference_mode():
+            return [list(r[2]) for r in s2t(x)]
+
+    x = torch.from_numpy(np.random.default_rng(5).standard_normal((60, 20)).astype(np.float32) * 6 + 3)
+    original = x.clone()
+    expected = decode(x.clone())
+    # the hazard is real: decoding the caller's tensor changes it
+    mutated = x.clone()
+    decode(mutated)
+    assert not torch.equal(mutated, original)
+
+    seen = []
+    report.time_interleaved([decode, decode], [x, x], repeats=3, warmup_inputs=[x],
+                            record=lambda m, i, out: seen.append(out))
+    assert torch.equal(x, original)  # the caller's input is untouched
+    assert len(seen) == 2 * 2 * 3 and all(h == expected for h in seen)

@@ -303,31 +303,43 @@ def model_size(model, args: argparse.Namespace, seconds: float, fps: float,
 # --------------------------------------------------------------------------- timing
 
 
+def fresh_copy(x: Any) -> Any:
+    """A private copy of one input: ESPnet's ``GlobalMVN`` normalizes its input in place,
+    so a tensor decoded twice would be normalized twice."""
+    return x.clone() if hasattr(x, "clone") else np.array(x, copy=True)
+
+
 def time_interleaved(
     fns: Sequence[Callable[[Any], Any]],
     inputs: Sequence[Any],
     repeats: int,
     warmup_inputs: Sequence[Any],
+    record: Optional[Callable[[int, int, Any], None]] = None,
 ) -> List[List[List[float]]]:
     """Wall times ``[model][input][repeat]`` of ``fns[m](inputs[i])``, interleaved.
 
     One warm-up call per model on each of ``warmup_inputs`` first. Then, for every input
     and repeat, every model runs once, in an order rotated by one each round, so that a
-    change of machine load in the middle affects all models alike.
+    change of machine load in the middle affects all models alike. Every call gets its own
+    copy of its input (made outside the timer), so no call sees what an earlier one did to
+    it; ``record(m, i, output)`` receives every timed call's output.
     """
     n = len(fns)
     for x in warmup_inputs:
         for fn in fns:
-            fn(x)
+            fn(fresh_copy(x))
     times: List[List[List[float]]] = [[[] for _ in inputs] for _ in fns]
     rnd = 0
     for i, x in enumerate(inputs):
         for _ in range(repeats):
             for k in range(n):
                 m = (k + rnd) % n
+                x_m = fresh_copy(x)
                 t0 = time.perf_counter()
-                fns[m](x)
+                out = fns[m](x_m)
                 times[m][i].append(time.perf_counter() - t0)
+                if record is not None:
+                    record(m, i, out)
             rnd += 1
     return times
 
@@ -546,20 +558,24 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
                 if a.fast_decoder:
                     fast = speech2text(d)
                     s2ts.append(fast if espnet_prune.fast_decoding(fast, require=False) else None)
-            hyps: Dict[int, Dict[int, Any]] = {}
+            active = [k for k, s in enumerate(s2ts) if s is not None]
+            # hyps[k][i]: n-best token ids of every timed decode of input i by decoder k
+            hyps: Dict[int, Dict[int, List[Any]]] = {k: {} for k in active}
 
-            def decode_fn(k: int, s2t):
+            def decode_fn(s2t):
                 def run(x):
                     with torch.inference_mode():
                         # (T, D) features: Speech2Text batches them to (1, T, D)
-                        out = s2t(x)
-                    hyps.setdefault(k, {})[id(x)] = [r[2] for r in out]  # n-best token ids
-                    return out
+                        return [r[2] for r in s2t(x)]
                 return run
 
-            active = [k for k, s in enumerate(s2ts) if s is not None]
-            t_dec = time_interleaved([decode_fn(k, s2ts[k]) for k in active],
-                                     feats, a.decode_repeats, warmup_inputs=feats[:1])
+            def record(j: int, i: int, out: Any) -> None:
+                hyps[active[j]].setdefault(i, []).append(out)
+
+            t_dec = time_interleaved([decode_fn(s2ts[k]) for k in active],
+                                     feats, a.decode_repeats, warmup_inputs=feats[:1], record=record)
+            timing_info["decode_repeatable"] = all(
+                all(r == reps[0] for r in reps) for per_k in hyps.values() for reps in per_k.values())
             times = dict(zip(active, t_dec))
             per = 2 if a.fast_decoder else 1
             espnet_times = [times[m * per] for m in range(len(models))]
@@ -676,7 +692,11 @@ def format_markdown(r: Dict[str, Any]) -> str:
     tu = r["timing"]
     if tu["utterances"]:
         L += [f"Timing inputs: {len(tu['utterances'])} utterances of `{tu['set']}`, "
-              f"{sum(tu['frames'])} {tu.get('input_unit', 'frames')} = {tu['audio_seconds']:.2f} s of audio.", ""]
+              f"{sum(tu['frames'])} {tu.get('input_unit', 'frames')} = {tu['audio_seconds']:.2f} s of audio; "
+              "every timed call reads its own copy of the input"
+              + ({True: "; every repeat of a decode gave the same hypotheses",
+                  False: "; **repeats of a decode gave different hypotheses: timings suspect**"}
+                 .get(tu.get("decode_repeatable"), "") + "."), ""]
 
     # ---- summary
     head = (["model"] + [f"WER {s}" for s in sets]

@@ -850,7 +850,7 @@ class PrunedTransformerDecoder(TransformerDecoder):
                 f"fast decoding needs an ESPnet 'transformer' decoder (TransformerDecoder), "
                 f"got {type(decoder).__name__}"
             )
-        kwargs = _transformer_options(decoder)
+        kwargs = transformer_options(decoder)
         vocab, dim = kwargs.pop("vocab_size"), kwargs.pop("encoder_output_size")
         with torch.random.fork_rng(devices=[]):  # the random init is overwritten below
             new = cls(vocab, dim, **kwargs)
@@ -1272,7 +1272,7 @@ class PrunedTransformerDecoder(TransformerDecoder):
         return past, start
 
 
-def _transformer_options(decoder: TransformerDecoder) -> Dict[str, Any]:
+def transformer_options(decoder: TransformerDecoder) -> Dict[str, Any]:
     """``TransformerDecoder`` constructor options of a built dense decoder, read from its modules."""
     embed = list(decoder.embed)
     if isinstance(embed[0], torch.nn.Embedding):

@@ -176,7 +176,7 @@ class GatedConformerEncoder(ConformerEncoder):
         gate_conf: Optional[Dict[str, Any]] = None,
         **conformer_kwargs: Any,
     ) -> None:
-        _check_supported(conformer_kwargs)
+        check_supported_conf(conformer_kwargs)
         super().__init__(input_size, **conformer_kwargs)
         self.dims = ConformerDims.from_encoder_conf(input_size, conformer_kwargs)
         if gate_granularities is None:  # every gate that applies
@@ -338,7 +338,7 @@ _UNSUPPORTED = {
 }
 
 
-def _check_supported(conf: Dict[str, Any]) -> None:
+def check_supported_conf(conf: Dict[str, Any]) -> None:
     for key, (bad, why) in _UNSUPPORTED.items():
         if key in conf and conf[key] == bad:
             raise ValueError(f"encoder_conf.{key}={bad}: {why} by the pruning encoders")

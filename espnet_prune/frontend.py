@@ -265,7 +265,7 @@ class GatedConv2dSubsampling(torch.nn.Module):
             *[ChannelGatedReLU() if isinstance(m, torch.nn.ReLU) else m for m in embed.conv]
         )
         new.input_layer, new.idim = kind, int(idim)
-        new.odim = _out_linear(new).out_features
+        new.odim = subsampling_out_linear(new).out_features
         _check_layout(new, "embed")
         ref = new.convs[0].weight
         config = gate_config if gate_config is not None else GateConfig()
@@ -281,12 +281,12 @@ class GatedConv2dSubsampling(torch.nn.Module):
     @property
     def convs(self) -> List[torch.nn.Conv2d]:
         """The Conv2d layers, in order."""
-        return _conv_layers(self)
+        return subsampling_convs(self)
 
     @property
     def out_linear(self) -> torch.nn.Linear:
         """The output projection ``Linear(odim * F', odim)``."""
-        return _out_linear(self)
+        return subsampling_out_linear(self)
 
     @property
     def pos_enc_module(self) -> torch.nn.Module:
@@ -474,7 +474,7 @@ class GatedConv2dSubsampling(torch.nn.Module):
         ).to(device=ref.device, dtype=ref.dtype)
         pruned.train(self.training)
         prev_keep, prev_scale = None, None
-        for conv, new, idx, scale in zip(self.convs, _conv_layers(pruned), keep, scales):
+        for conv, new, idx, scale in zip(self.convs, subsampling_convs(pruned), keep, scales):
             idx = idx.to(conv.weight.device)
             w = conv.weight[idx]
             if prev_keep is not None:
@@ -482,7 +482,7 @@ class GatedConv2dSubsampling(torch.nn.Module):
             new.weight.copy_(w)
             new.bias.copy_(conv.bias[idx])
             prev_keep, prev_scale = idx, scale
-        out, new_out = self.out_linear, _out_linear(pruned)
+        out, new_out = self.out_linear, subsampling_out_linear(pruned)
         c_last = self.convs[-1].out_channels
         w = out.weight.view(self.odim, c_last, -1)[:, prev_keep] * prev_scale.to(out.weight)[None, :, None]
         new_out.weight.copy_(w.reshape(self.odim, -1))
@@ -569,10 +569,10 @@ def resize_subsampling(
     output channels in Conv2d ``i`` (freshly initialised layers where a size
     changes; state_dict keys unchanged). Returns ``embed``."""
     kind = _input_layer_of(embed)
-    out = _out_linear(embed)
+    out = subsampling_out_linear(embed)
     odim = out.out_features
     channels = check_channels(kind, odim, channels, name)
-    convs = _conv_layers(embed)
+    convs = subsampling_convs(embed)
     f_out = out.in_features // convs[-1].out_channels
     positions = [i for i, m in enumerate(embed.conv) if isinstance(m, torch.nn.Conv2d)]
     c_in = 1
@@ -613,7 +613,7 @@ def pruned_subsampling(
 
 def subsampling_channels(embed: torch.nn.Module) -> List[int]:
     """Output channels of each Conv2d of a (pruned or dense) front end."""
-    return [conv.out_channels for conv in _conv_layers(embed)]
+    return [conv.out_channels for conv in subsampling_convs(embed)]
 
 
 # ----------------------------------------------------------------------------
@@ -633,11 +633,11 @@ def _input_layer_of(embed: torch.nn.Module) -> str:
     )
 
 
-def _conv_layers(embed: torch.nn.Module) -> List[torch.nn.Conv2d]:
+def subsampling_convs(embed: torch.nn.Module) -> List[torch.nn.Conv2d]:
     return [m for m in embed.conv if isinstance(m, torch.nn.Conv2d)]
 
 
-def _out_linear(embed: torch.nn.Module) -> torch.nn.Linear:
+def subsampling_out_linear(embed: torch.nn.Module) -> torch.nn.Linear:
     return embed.out if isinstance(embed.out, torch.nn.Linear) else embed.out[0]
 
 
@@ -649,7 +649,7 @@ def _check_layout(embed: GatedConv2dSubsampling, name: str) -> None:
     """The ESPnet module has the layout this file assumes (Conv2d/ReLU pairs,
     kernels and strides of :data:`SUBSAMPLING_CONVS`, Linear over ``odim * F'``)."""
     layers = list(embed.conv)
-    convs = _conv_layers(embed)
+    convs = subsampling_convs(embed)
     expected = _convs_of(embed.input_layer)
     pairs_ok = len(layers) == 2 * len(convs) and all(
         isinstance(a, torch.nn.Conv2d) and isinstance(b, torch.nn.ReLU)
@@ -657,7 +657,7 @@ def _check_layout(embed: GatedConv2dSubsampling, name: str) -> None:
     )
     shapes_ok = [(c.kernel_size, c.stride) for c in convs] == [((k, k), (s, s)) for k, s in expected]
     f_out = conv_output_sizes(embed.input_layer, embed.idim, 0)[-1][1]
-    linear_ok = _out_linear(embed).in_features == convs[-1].out_channels * f_out if convs else False
+    linear_ok = subsampling_out_linear(embed).in_features == convs[-1].out_channels * f_out if convs else False
     if not (pairs_ok and shapes_ok and linear_ok):
         raise ValueError(
             f"{name}: unexpected {type(embed).__mro__[2].__name__} layout for input_layer "

@@ -362,11 +362,11 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
     ) -> "GatedTransformerDecoder":
         """Gated copy of a built dense ESPnet ``TransformerDecoder`` (every dense key
         loaded and checked; the gates start at ``gate_conf.init_keep_prob``)."""
-        from espnet_prune.decoder import _transformer_options
+        from espnet_prune.decoder import transformer_options
 
         if type(decoder) is not TransformerDecoder:
             raise TypeError(f"expected an ESPnet TransformerDecoder, got {type(decoder).__name__}")
-        kwargs = _transformer_options(decoder)
+        kwargs = transformer_options(decoder)
         vocab, dim = kwargs.pop("vocab_size"), kwargs.pop("encoder_output_size")
         with torch.random.fork_rng(devices=[]):
             new = cls(vocab, dim, gate_granularities, gate_conf, **kwargs)

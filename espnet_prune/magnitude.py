@@ -107,7 +107,7 @@ def relative(norms: Tensor) -> Tensor:
 
 def _group_scores(part_name: str, part: torch.nn.Module, keys: Iterable[Hashable]) -> Dict[Tuple[str, Hashable], Tensor]:
     """Relative magnitude of the units of each of ``part``'s groups."""
-    from espnet_prune.frontend import _conv_layers, _out_linear
+    from espnet_prune.frontend import subsampling_convs, subsampling_out_linear
 
     keys = list(keys)
     out: Dict[Tuple[str, Hashable], Tensor] = {}
@@ -117,7 +117,7 @@ def _group_scores(part_name: str, part: torch.nn.Module, keys: Iterable[Hashable
         if owner == "frontend":  # encoder front end: optional channels of conv ``name``
             if frontend is None:
                 embed = part.embed
-                norms = channel_norms(_conv_layers(embed), _out_linear(embed))
+                norms = channel_norms(subsampling_convs(embed), subsampling_out_linear(embed))
                 frontend = [relative(n)[opt.to(n.device)] for n, opt in zip(norms, embed._optional_channels())]
             out[(part_name, key)] = frontend[name]
             continue

@@ -27,7 +27,7 @@ from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from espnet_prune.options import inherit_signature
 
 from espnet_prune.blocks import ConformerBlock, resize_block
-from espnet_prune.encoder import _check_supported
+from espnet_prune.encoder import check_supported_conf
 from espnet_prune.frontend import SUBSAMPLING_CLASSES, resize_subsampling
 from espnet_prune.structure import MODULES, BlockStructure, ConformerDims, structures_from_conf
 
@@ -52,7 +52,7 @@ class PrunedConformerEncoder(ConformerEncoder):
         subsampling_channels: Optional[List[int]] = None,
         **conformer_kwargs: Any,
     ) -> None:
-        _check_supported(conformer_kwargs)
+        check_supported_conf(conformer_kwargs)
         super().__init__(input_size, **conformer_kwargs)
         self.dims = ConformerDims.from_encoder_conf(input_size, conformer_kwargs)
         if subsampling_channels is not None:

@@ -273,11 +273,11 @@ def _rest_of_model(model: torch.nn.Module, parts: Dict[str, torch.nn.Module], me
 def dense_decoder_macs(decoder: torch.nn.Module, memory_frames: int, tokens: int) -> float:
     """MACs of one hypothesis decoded for ``tokens`` steps by a (pruned) Transformer decoder,
     source keys/values once per utterance (:func:`espnet_prune.decoder.decoder_cost`)."""
-    from espnet_prune.decoder import DecoderDims, _transformer_options, decoder_cost
+    from espnet_prune.decoder import DecoderDims, transformer_options, decoder_cost
 
     if hasattr(decoder, "cost"):
         return float(decoder.cost(memory_frames=memory_frames, tokens=tokens)["utterance_macs"])
-    opts = _transformer_options(decoder)
+    opts = transformer_options(decoder)
     dims = DecoderDims.from_decoder_conf(opts.pop("vocab_size"), opts.pop("encoder_output_size"), opts)
     return float(decoder_cost(dims, dims.dense_structure(), memory_frames=memory_frames, tokens=tokens)["utterance_macs"])
 

@@ -83,10 +83,10 @@ def test_channel_norms_are_the_weights_shrinking_removes(one_thread, tmp_path, p
     _randomize(model, 2)
     open_gates(model)  # kept channels unscaled
     embed = model.encoder.embed
-    from espnet_prune.frontend import _conv_layers, _out_linear
+    from espnet_prune.frontend import subsampling_convs, subsampling_out_linear
 
-    convs = _conv_layers(embed)
-    norms = channel_norms(convs, _out_linear(embed))
+    convs = subsampling_convs(embed)
+    norms = channel_norms(convs, subsampling_out_linear(embed))
     full = _sumsq(embed.shrink([torch.arange(c.out_channels) for c in convs])[0])
     for i, conv in enumerate(convs):
         for c in (0, 3, conv.out_channels - 1):

@@ -1,6 +1,6 @@
 """Final results table of the recipe: pruned models against the dense baseline.
 
-Stage 8 of ``egs2/librispeech_prune/asr1/run.sh``. One row per model, in ESPnet's
+Stage 9 of ``egs2/librispeech_prune/asr1/run.sh``. One row per model, in ESPnet's
 RESULTS.md style, plus a JSON file with every number::
 
     python -m espnet_prune.recipe.report \\

@@ -12,16 +12,13 @@
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import List, Optional, Sequence
 
 import yaml
 
 from espnet_prune.data.kaldi_dir import read_data_dir, read_kaldi_map, write_data_dir
-from espnet_prune.fileio import _MODE, atomic_write_text
+from espnet_prune.fileio import atomic_copy, atomic_write_text
 
 
 def combine(dst: Path, srcs: Sequence[Path]) -> None:
@@ -91,13 +88,8 @@ def export(config: Path, model: Path, output_dir: Path) -> None:
     for src in (config, model):
         if not Path(src).is_file():
             raise FileNotFoundError(f"export: {src} not found")
-    output_dir.mkdir(parents=True, exist_ok=True)
     for src, name in ((model, "model.pth"), (config, "config.yaml")):
-        fd, tmp = tempfile.mkstemp(dir=output_dir, prefix=f".{name}.")
-        os.close(fd)
-        shutil.copyfile(Path(src).resolve(), tmp)
-        os.chmod(tmp, _MODE)
-        os.replace(tmp, output_dir / name)
+        atomic_copy(src, output_dir / name)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -50,15 +50,12 @@ such as ``encoder_conf.output_size`` or ``frontend`` there is an error; it may s
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import yaml
 
-from espnet_prune.fileio import _MODE, atomic_write_text
+from espnet_prune.fileio import atomic_copy, atomic_write_text
 
 #: Keys a training config takes from the teacher's config.yaml.
 TEACHER_KEYS = (
@@ -144,13 +141,13 @@ def token_list_of(config: Path, conf: Dict[str, Any], files: Dict[str, Path]) ->
 
 def check_architecture(config: Path, conf: Dict[str, Any], gated_decoder: bool = True) -> None:
     """The teacher is a Conformer the gated encoder (and decoder) can take."""
-    from espnet_prune.encoder import _check_supported
+    from espnet_prune.encoder import check_supported_conf
 
     if conf.get("encoder") != "conformer":
         raise TeacherError(f"{config}: encoder={conf.get('encoder')!r}: only ESPnet's 'conformer' "
                            "encoder can be pruned")
     try:
-        _check_supported(dict(conf.get("encoder_conf") or {}))
+        check_supported_conf(dict(conf.get("encoder_conf") or {}))
     except ValueError as e:
         raise TeacherError(f"{config}: {e}") from e
     if conf.get("decoder") not in (None, "none", "transformer"):
@@ -281,15 +278,6 @@ def check_all(config: Path, model: Path, root: Optional[Path], prune_config: Opt
 # --------------------------------------------------------------------------- import
 
 
-def _copy(src: Path, dst: Path) -> None:
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f".{dst.name}.")
-    os.close(fd)
-    shutil.copyfile(src, tmp)
-    os.chmod(tmp, _MODE)
-    os.replace(tmp, dst)
-
-
 def import_teacher(config: Path, model: Path, output_dir: Path, root: Optional[Path] = None) -> Path:
     """Copy the teacher into ``output_dir``: ``model.pth``, ``feats_stats.npz``,
     ``bpe.model``, ``tokens.txt`` and a ``config.yaml`` pointing at the copies (paths
@@ -302,15 +290,15 @@ def import_teacher(config: Path, model: Path, output_dir: Path, root: Optional[P
     out.mkdir(parents=True, exist_ok=True)
     conf = dict(conf)
     if "stats_file" in files:
-        _copy(files["stats_file"], out / "feats_stats.npz")
+        atomic_copy(files["stats_file"], out / "feats_stats.npz")
         conf["normalize_conf"] = dict(conf["normalize_conf"], stats_file=str(out / "feats_stats.npz"))
     if "bpemodel" in files:
-        _copy(files["bpemodel"], out / "bpe.model")
+        atomic_copy(files["bpemodel"], out / "bpe.model")
         conf["bpemodel"] = str(out / "bpe.model")
     conf["token_list"] = tokens
     atomic_write_text(out / "tokens.txt", "\n".join(tokens) + "\n")
     atomic_write_text(out / "config.yaml", yaml.safe_dump(conf, sort_keys=False, allow_unicode=True))
-    _copy(Path(model), out / "model.pth")
+    atomic_copy(Path(model), out / "model.pth")
     return out / "config.yaml"
 
 

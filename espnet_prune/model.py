@@ -6,8 +6,9 @@ Loss (DESIGN 2.3)::
         + lambda1 * (s - t) + (lambda2 + k_p / 2) * (s - t)^2
 
 ``s`` is the expected sparsity of the chosen cost (``target: {params: x}`` for the
-parameters of the prunable blocks, ``{macs: x}`` for their MACs at
-``cost_seconds`` of audio), ``t`` the target ramped linearly over
+parameters of the whole model, ``{macs: x}`` for the MACs of one inference at
+``cost_seconds`` of audio; the scoped kinds are listed in :mod:`espnet_prune.targets`),
+``t`` the target ramped linearly over
 ``target_warmup_steps`` training forwards from the expected sparsity of the
 first update. ``lambda1/2`` are maximised: their gradient is reversed, so the
 optimizer that holds them does gradient ascent. ``k_p`` (``sparsity_p_gain``)
@@ -15,7 +16,7 @@ is a fixed proportional gain: without it the multipliers integrate the error
 at Adam's constant rate and wind up (overshoot 0.24-0.31 at a 0.5 target on the
 test fixture); with it the overshoot stays below 0.01.
 
-In eval mode (validation, ``eval_sparsity``, shrinking) the encoder keeps the
+In eval mode (validation, ``eval_sparsity``, shrinking) every gated part keeps the
 structure that the exact-target rule (:mod:`espnet_prune.budget`) picks for the
 final target.
 
@@ -99,7 +100,7 @@ class PruningState(torch.nn.Module):
 
 
 class ESPnetPruneASRModel(ESPnetASRModel):
-    """ESPnet CTC/attention model whose encoder is pruned under distillation.
+    """ESPnet CTC/attention model pruned (front end, encoder blocks, decoder) under distillation.
 
     Two modes, chosen by the encoder:
 
@@ -111,8 +112,8 @@ class ESPnetPruneASRModel(ESPnetASRModel):
 
     Args (``model_conf`` keys on top of ``ESPnetASRModel``'s):
         teacher_config / teacher_model_file: the dense teacher (ESPnet config.yaml + .pth).
-        target: ``{params: x}`` or ``{macs: x}``, sparsity of the prunable blocks in
-            [0, 1); required when pruning.
+        target: ``{kind: x}``, sparsity in [0, 1) of the cost ``kind`` names
+            (:mod:`espnet_prune.targets`: ``params`` is the whole model); required when pruning.
         target_warmup_steps: training forwards over which the target ramps up from 0.
         asr_weight / pred_weight / layer_weight: loss weights.
         temperature: softmax temperature of the prediction-layer KL.

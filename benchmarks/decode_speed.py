@@ -8,7 +8,7 @@ Conformer encoder, 6-layer Transformer decoder, 5000 tokens) with random weights
 decode = ``model.encode`` of random audio (frontend included) + ESPnet's
 ``BatchBeamSearch`` (decoder weight 0.7, CTC prefix scorer 0.3, as ``Speech2Text`` builds
 it), run once with ESPnet's ``TransformerDecoder`` and once with
-:class:`espnet_prune.decoder.PrunedTransformerDecoder` holding the same weights.
+:class:`espnet_prune.pruned_decoder.PrunedTransformerDecoder` holding the same weights.
 
 The number of output tokens is fixed so that both decoders do the same work: the
 end-of-sentence output bias is set to -1e4 (no hypothesis ends early, for either decoder)
@@ -90,7 +90,7 @@ def main(argv: List[str] = None) -> int:
     logging.disable(logging.WARNING)
 
     import espnet_prune
-    from espnet_prune.decoder import PrunedTransformerDecoder
+    from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 
     espnet_prune.register()
     model = build(a.vocab_size)

@@ -8,7 +8,7 @@ random weights; the pruned one keeps half of every prunable size, uniformly: fro
 conv channels, heads, FFN units and conv channels of every block, self/source heads and
 FFN units of every decoder layer (``pruned_conformer`` + ``pruned_transformer``, built from
 their YAML options as the shrinker writes them). Both decode with the fast exact decoder
-(:mod:`espnet_prune.decoder`) through ESPnet's ``BatchBeamSearch`` with CTC 0.3, a fixed
+(:mod:`espnet_prune.fast_decoder`) through ESPnet's ``BatchBeamSearch`` with CTC 0.3, a fixed
 number of output tokens (see ``decode_speed.py``). Printed, all from one run with the two
 models interleaved: params ratio, encoder MACs ratio, inference MACs ratio (encoder + CTC +
 decoder for the decoded tokens, :mod:`espnet_prune.targets` convention), encoder latency

@@ -17,7 +17,7 @@ ENCODERS = {
 }
 
 DECODERS = {
-    "pruned_transformer": "espnet_prune.decoder:PrunedTransformerDecoder",
+    "pruned_transformer": "espnet_prune.pruned_decoder:PrunedTransformerDecoder",
     "gated_transformer": "espnet_prune.gated_decoder:GatedTransformerDecoder",
 }
 
@@ -42,12 +42,12 @@ def register() -> None:
 
 
 def fast_decoding(speech2text: Any, require: bool = True) -> bool:
-    """Decode with the fast exact Transformer decoder (see :func:`espnet_prune.decoder.fast_decoding`).
+    """Decode with the fast exact Transformer decoder (see :func:`espnet_prune.inference.fast_decoding`).
 
     ``speech2text`` is a built ``espnet2.bin.asr_inference.Speech2Text``; its ESPnet
     ``transformer`` decoder is replaced, weights key-checked, by ``pruned_transformer``
     (same scores and hypotheses, source-attention keys/values computed once per utterance).
     """
-    from espnet_prune.decoder import fast_decoding as _fast_decoding
+    from espnet_prune.inference import fast_decoding as _fast_decoding
 
     return _fast_decoding(speech2text, require=require)

@@ -144,7 +144,7 @@ def fast_decoder(decoder: Optional[torch.nn.Module]) -> Tuple[Optional[torch.nn.
     ESPnet name or None if unchanged)."""
     from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 
-    from espnet_prune.decoder import PrunedTransformerDecoder
+    from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 
     if type(decoder) is not TransformerDecoder:
         return decoder, None

@@ -1,9 +1,11 @@
-"""What a (pruned) Conformer looks like: dense dimensions and per-block structure.
+"""What a (pruned) model looks like: dense dimensions and per-block / per-layer structure.
 
 :class:`ConformerDims` holds the dense encoder's hyper-parameters (the ones the
 cost model and the shrinker need), read from ESPnet ``encoder_conf`` options.
 :class:`BlockStructure` says how much of one block is left: heads, FFN units and
-conv channels kept, where 0 means the whole module is gone.
+conv channels kept, where 0 means the whole module is gone. The decoder side mirrors it:
+:class:`DecoderDims` (dense Transformer decoder, from ``decoder_conf``) and
+:class:`DecoderLayerStructure` (self / source heads and FFN units kept per layer).
 """
 
 from __future__ import annotations
@@ -13,6 +15,9 @@ import inspect
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+import torch
+from espnet.nets.pytorch_backend.transformer.embedding import PositionalEncoding, ScaledPositionalEncoding
+from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 
 #: Block modules in forward order: module name -> (unit gate name, attribute on the layer).
@@ -205,3 +210,172 @@ def structures_from_conf(
         s.check_fits(dims, where=f"encoder_conf.block_structures[{i}]")
         out.append(s)
     return out
+
+
+# --------------------------------------------------------------------------- decoder
+
+#: Sublayers of a decoder layer: name -> (structure field, attribute, norm, concat linear).
+SUBLAYERS: Dict[str, Tuple[str, str, str, Optional[str]]] = {
+    "self_attn": ("self_heads", "self_attn", "norm1", "concat_linear1"),
+    "src_attn": ("src_heads", "src_attn", "norm2", "concat_linear2"),
+    "ffn": ("ffn_units", "feed_forward", "norm3", None),
+}
+#: Constructor options of ESPnet's ``TransformerDecoder``.
+TRANSFORMER_PARAMS = set(inspect.signature(TransformerDecoder.__init__).parameters) - {"self"}
+
+
+@dataclass(frozen=True)
+class DecoderDims:
+    """Dense Transformer decoder dimensions (what the cost model needs).
+
+    Attributes:
+        vocab_size: output tokens V.
+        attention_dim: model dimension d (ESPnet's ``encoder_output_size``).
+        attention_heads: dense heads h of both attentions (d_k = d / h).
+        linear_units: dense FFN hidden units.
+        num_blocks: dense number of layers.
+        input_layer: ``embed`` (token ids) or ``linear`` (V-dim vectors).
+        use_output_layer: whether the decoder ends with the d x V projection.
+        normalize_before: pre-norm layers (and ``after_norm``).
+        concat_after: ``x + linear(concat(x, att(x)))`` attention sublayers.
+        qk_norm: per-head LayerNorm of queries and keys.
+        scaled_pos_enc: ``ScaledPositionalEncoding`` (one learnable scale).
+    """
+
+    vocab_size: int
+    attention_dim: int
+    attention_heads: int = 4
+    linear_units: int = 2048
+    num_blocks: int = 6
+    input_layer: str = "embed"
+    use_output_layer: bool = True
+    normalize_before: bool = True
+    concat_after: bool = False
+    qk_norm: bool = False
+    scaled_pos_enc: bool = False
+
+    @property
+    def d_k(self) -> int:
+        return self.attention_dim // self.attention_heads
+
+    def dense_layer(self) -> "DecoderLayerStructure":
+        return DecoderLayerStructure(self.attention_heads, self.attention_heads, self.linear_units)
+
+    def dense_structure(self) -> List["DecoderLayerStructure"]:
+        return [self.dense_layer() for _ in range(self.num_blocks)]
+
+    @classmethod
+    def from_decoder_conf(
+        cls, vocab_size: int, encoder_output_size: int, conf: Mapping[str, Any]
+    ) -> "DecoderDims":
+        """Dims from ESPnet ``decoder_conf`` options (``transformer`` / ``pruned_transformer``)."""
+        defaults = {
+            name: p.default
+            for name, p in inspect.signature(TransformerDecoder.__init__).parameters.items()
+            if p.default is not inspect.Parameter.empty
+        }
+        c = {**defaults, **{k: v for k, v in conf.items() if k != "layer_structures"}}
+        pos = c.get("pos_enc_class", PositionalEncoding)
+        return cls(
+            vocab_size=int(vocab_size),
+            attention_dim=int(encoder_output_size),
+            attention_heads=int(c["attention_heads"]),
+            linear_units=int(c["linear_units"]),
+            num_blocks=int(c["num_blocks"]),
+            input_layer=str(c["input_layer"]),
+            use_output_layer=bool(c["use_output_layer"]),
+            normalize_before=bool(c["normalize_before"]),
+            concat_after=bool(c["concat_after"]),
+            qk_norm=bool(c.get("qk_norm", False)),
+            scaled_pos_enc=isinstance(pos, type) and issubclass(pos, ScaledPositionalEncoding),
+        )
+
+
+@dataclass(frozen=True)
+class DecoderLayerStructure(KeptSizes):
+    """Units kept in one decoder layer; 0 removes the sublayer (all 0: the layer).
+
+    Attributes:
+        self_heads: self-attention heads kept.
+        src_heads: source-attention heads kept.
+        ffn_units: FFN hidden units kept.
+    """
+
+    self_heads: int
+    src_heads: int
+    ffn_units: int
+
+    def units(self, sublayer: str) -> int:
+        """Kept units of a sublayer named as in :data:`SUBLAYERS`."""
+        return getattr(self, SUBLAYERS[sublayer][0])
+
+    @property
+    def removed(self) -> bool:
+        """True when nothing is left: the layer is dropped from the decoder."""
+        return self.self_heads == 0 and self.src_heads == 0 and self.ffn_units == 0
+
+    def check_fits(self, dims: DecoderDims, where: str = "layer") -> None:
+        """Raise if this structure is larger than the dense layer."""
+        self.check_within(dims.dense_layer(), where)
+
+
+def decoder_structures_from_conf(
+    layers: Sequence[Mapping[str, Any]], dims: DecoderDims
+) -> List[DecoderLayerStructure]:
+    """Parse ``decoder_conf.layer_structures`` and check it against ``dims``."""
+    if isinstance(layers, (str, bytes, Mapping)) or not isinstance(layers, Sequence):
+        raise ValueError("decoder_conf.layer_structures: expected a list with one "
+                         f"{{self_heads, src_heads, ffn_units}} mapping per layer, got {layers!r}")
+    if len(layers) != dims.num_blocks:
+        raise ValueError(
+            f"decoder_conf.layer_structures has {len(layers)} entries but num_blocks is "
+            f"{dims.num_blocks}"
+        )
+    out = []
+    for i, layer in enumerate(layers):
+        where = f"decoder_conf.layer_structures[{i}]"
+        s = DecoderLayerStructure.from_dict(layer, where=where)
+        s.check_fits(dims, where=where)
+        out.append(s)
+    return out
+
+
+def transformer_options(decoder: TransformerDecoder) -> Dict[str, Any]:
+    """``TransformerDecoder`` constructor options of a built dense decoder, read from its modules."""
+    embed = list(decoder.embed)
+    if isinstance(embed[0], torch.nn.Embedding):
+        input_layer, vocab = "embed", embed[0].num_embeddings
+    else:
+        input_layer, vocab = "linear", embed[0].in_features
+    pos = embed[-1]
+    opts: Dict[str, Any] = {
+        "vocab_size": vocab,
+        "encoder_output_size": decoder._output_size_bf_softmax,
+        "num_blocks": len(decoder.decoders),
+        "positional_dropout_rate": pos.dropout.p,
+        "input_layer": input_layer,
+        "use_output_layer": decoder.output_layer is not None,
+        "pos_enc_class": type(pos),
+        "normalize_before": decoder.normalize_before,
+        "layer_drop_rate": getattr(decoder.decoders, "layer_drop_rate", 0.0),
+        "gradient_checkpoint_layers": list(getattr(decoder, "gradient_checkpoint_layers", [])),
+    }
+    if input_layer == "linear":
+        opts["dropout_rate"] = embed[2].p
+    if len(decoder.decoders):
+        layer = decoder.decoders[0]
+        heads = {l.self_attn.h for l in decoder.decoders} | {l.src_attn.h for l in decoder.decoders}
+        units = {l.feed_forward.w_1.out_features for l in decoder.decoders}
+        if len(heads) != 1 or len(units) != 1:
+            raise ValueError("the decoder's layers differ in size: not a dense TransformerDecoder")
+        opts.update(
+            attention_heads=layer.self_attn.h,
+            linear_units=layer.feed_forward.w_1.out_features,
+            dropout_rate=layer.dropout.p,
+            self_attention_dropout_rate=layer.self_attn.dropout_rate,
+            src_attention_dropout_rate=layer.src_attn.dropout_rate,
+            concat_after=layer.concat_after,
+            qk_norm=not isinstance(layer.self_attn.q_norm, torch.nn.Identity),
+            use_flash_attn=bool(getattr(layer.self_attn, "use_flash_attn", False)),
+        )
+    return {k: v for k, v in opts.items() if k in TRANSFORMER_PARAMS | {"vocab_size", "encoder_output_size"}}

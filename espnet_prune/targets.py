@@ -272,8 +272,9 @@ def _rest_of_model(model: torch.nn.Module, parts: Dict[str, torch.nn.Module], me
 
 def dense_decoder_macs(decoder: torch.nn.Module, memory_frames: int, tokens: int) -> float:
     """MACs of one hypothesis decoded for ``tokens`` steps by a (pruned) Transformer decoder,
-    source keys/values once per utterance (:func:`espnet_prune.decoder.decoder_cost`)."""
-    from espnet_prune.decoder import DecoderDims, transformer_options, decoder_cost
+    source keys/values once per utterance (:func:`espnet_prune.cost.decoder_cost`)."""
+    from espnet_prune.cost import decoder_cost
+    from espnet_prune.structure import DecoderDims, transformer_options
 
     if hasattr(decoder, "cost"):
         return float(decoder.cost(memory_frames=memory_frames, tokens=tokens)["utterance_macs"])

@@ -7,7 +7,7 @@ Accepts every argument of ``python -m espnet2.bin.asr_inference``, plus one::
         --output_dir exp/x/decode_test [--fast_decoder true]
 
 ``--fast_decoder true`` (the default) decodes a model whose decoder is ESPnet's
-``transformer`` with :class:`espnet_prune.decoder.PrunedTransformerDecoder`: same weights
+``transformer`` with :class:`espnet_prune.pruned_decoder.PrunedTransformerDecoder`: same weights
 (loaded with every key checked), same scores and hypotheses, but the source-attention keys
 and values of the encoder output are computed once per utterance and the self-attention
 keys and values of the prefix are kept between steps. Models with another decoder (or a

@@ -10,7 +10,7 @@ cost model (:mod:`espnet_prune.cost`) and are cross-checked by
 ``torch.utils.flop_counter`` on a dummy input (``macs_counted``).
 
 Transformer decoders (ESPnet ``transformer`` or ``pruned_transformer``) get a ``decoder``
-section with the exact cost of :func:`espnet_prune.decoder.decoder_cost`, as the fast
+section with the exact cost of :func:`espnet_prune.cost.decoder_cost`, as the fast
 decoder runs it: ``token_macs`` is one decoding step of one hypothesis at prefix length
 ``--prefix_len`` against the encoder output of ``--seconds`` of audio, without the
 source-attention key/value projections of that output (``memory_macs``, once per
@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from espnet_prune.cost import structure_cost
+from espnet_prune.flops import count_encoder_macs
 from espnet_prune.model_io import load_train_args, param_breakdown
 from espnet_prune.structure import BlockStructure, ConformerDims
 
@@ -90,29 +91,16 @@ def frames_per_second(args: argparse.Namespace) -> float:
     return float(fs) / conf.get("hop_length", 128)  # 128: DefaultFrontend's default
 
 
-def count_encoder_macs(encoder: torch.nn.Module, input_size: int, frames: int) -> int:
-    """MACs of one encoder forward on ``frames`` frames, counted by torch."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    encoder.eval()
-    x = torch.randn(1, frames, input_size)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        encoder(x, torch.tensor([frames]))
-    return counter.get_total_flops() // 2
-
-
 def decoder_profile(model: torch.nn.Module, args: argparse.Namespace, memory_frames: int,
                     prefix_len: int = 20, tokens: int = 40,
                     count_macs: bool = True) -> Optional[Dict[str, Any]]:
     """Params and MACs of a Transformer decoder as the fast decoder runs it (None otherwise)."""
     from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 
-    from espnet_prune.decoder import (
-        DecoderDims,
-        PrunedTransformerDecoder,
-        count_decoder_macs,
-        decoder_cost,
-    )
+    from espnet_prune.cost import decoder_cost
+    from espnet_prune.flops import count_decoder_macs
+    from espnet_prune.pruned_decoder import PrunedTransformerDecoder
+    from espnet_prune.structure import DecoderDims
 
     dec = getattr(model, "decoder", None)
     if isinstance(dec, PrunedTransformerDecoder):

@@ -10,7 +10,7 @@ decoders"), against the dense sizes the same config names:
   ``output_size`` (depthwise conv) and ``linear_units`` (:class:`espnet_prune.structure.BlockStructure`);
 * decoder layer ``l``: ``decoder_conf.layer_structures[l]`` = ``{self_heads, src_heads,
   ffn_units}`` of ``attention_heads``, ``attention_heads`` and ``linear_units``
-  (:class:`espnet_prune.decoder.DecoderLayerStructure`).
+  (:class:`espnet_prune.structure.DecoderLayerStructure`).
 
 A dense ``conformer`` / ``transformer`` (or a ``pruned_*`` one without structures) keeps
 everything. 0 kept units means the whole module (or sublayer) was removed. A module the
@@ -137,7 +137,7 @@ def _decoder(config: Mapping[str, Any], d_model: int, where: str
     if name not in _DECODERS:
         raise StructureError(f"{where}: decoder {name!r} is not one of {list(_DECODERS)} "
                              "(a gated model keeps its structure in the gates: shrink it first)")
-    from espnet_prune.decoder import DecoderDims, decoder_structures_from_conf
+    from espnet_prune.structure import DecoderDims, decoder_structures_from_conf
 
     conf = dict(config.get("decoder_conf") or {})
     layers = conf.get("layer_structures")

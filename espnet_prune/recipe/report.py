@@ -34,7 +34,7 @@ What is measured (DESIGN section 4):
   same interleaving, ``--decode_repeats`` runs per utterance after one warm-up decode.
   Measured twice per model, in the same interleaved run: with ESPnet's own decoder
   (``decode_espnet``; a ``pruned_transformer`` decoder, which ESPnet's class cannot hold,
-  runs ESPnet's incremental algorithm on its layers: :func:`espnet_prune.decoder.espnet_decoding`)
+  runs ESPnet's incremental algorithm on its layers: :func:`espnet_prune.inference.espnet_decoding`)
   and, with ``--fast_decoder true`` (the default), with the fast exact decoder the recipe
   decodes with (``decode``; :func:`espnet_prune.fast_decoding`), whose hypotheses are
   checked to be the same (``fast_decoder_same_hyps``).
@@ -547,7 +547,7 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
                 return Speech2Text(asr_train_config=str(d / "config.yaml"),
                                    asr_model_file=str(d / "model.pth"), device="cpu", **options)
 
-            from espnet_prune.decoder import espnet_decoding
+            from espnet_prune.inference import espnet_decoding
 
             # per model: ESPnet's decoder, then (optionally) the fast decoder
             s2ts: List[Any] = []
@@ -643,7 +643,7 @@ DEFINITIONS = (
     "**dec MACs/token**: the decoder's multiply-accumulates per output token of one "
     "hypothesis (self attention over the prefix, source attention over the encoder output, "
     "FFN, output layer; averaged over {tok} tokens), as the fast decoder runs it "
-    "(`espnet_prune.decoder.decoder_cost`). **inference MACs**: encoder + CTC projection + "
+    "(`espnet_prune.cost.decoder_cost`). **inference MACs**: encoder + CTC projection + "
     "decoder for {tok} tokens of one hypothesis, source keys/values once per utterance "
     "(the `macs` target of `espnet_prune.targets`). "
     "**Sparsity** = 1 - cost(model) / cost(reference), given below for params of the whole "

@@ -65,8 +65,7 @@ def test_random_structures_exact_params_and_macs(variant):
         )
         cost = structure_cost(dims, structure, SECONDS, FPS)
         assert cost["params"] == n_params(enc), (trial, structure)
-        macs = counted_macs(enc)
-        assert abs(cost["macs"] - macs) <= 0.01 * macs, (trial, structure)
+        assert cost["macs"] == counted_macs(enc), (trial, structure)
 
 
 def test_block_params_is_the_prunable_part(tiny_conf):
@@ -87,8 +86,8 @@ def test_expected_cost_equals_exact_cost_at_0_1_probabilities(tiny_conf):
     enc.eval()
     expected = enc.expected_cost(SECONDS, FPS)
     exact = structure_cost(enc.dims, enc.structure(), SECONDS, FPS)
-    for key in exact:
-        assert expected[key].item() == pytest.approx(exact[key], rel=1e-6), key
+    for key in exact:  # closed gates keep P ~ 1e-27: the count itself, far within half a unit
+        assert expected[key].item() == pytest.approx(exact[key], abs=0.5), key
 
 
 def test_expected_cost_is_differentiable_and_monotone(tiny_conf):

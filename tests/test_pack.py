@@ -2,13 +2,17 @@
 
 A tiny gated model (random weights and gates, global-MVN statistics file) is shrunk
 and packed; the sources are then deleted, so the archive must hold everything. The
-unpacked model must decode exactly like the original files (text and beam score).
+unpacked model must decode exactly like the original files (text and beam score),
+with char tokens and with a sentencepiece BPE model trained here.
 """
 
 from __future__ import annotations
 
+import io
 import shutil
+import zipfile
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import pytest
@@ -113,3 +117,59 @@ def test_pack_refuses_training_model_and_missing_files(shrunk_model):
         pack.main(["--asr_train_config", "shrunk/config.yaml", "--asr_model_file", "shrunk/model.pth",
                    "--outpath", "out.zip"])
     assert not Path("out.zip").exists() and not Path("gated.zip").exists()
+
+
+def _bpe_model(path: Path) -> List[str]:
+    """Train a sentencepiece BPE model of 6 pieces (offline, from a few sentences) into
+    ``path``; return its ESPnet token list: 9 tokens, as many as the fixture's char list."""
+    import sentencepiece as spm
+
+    text = ["AB BA ABA", "BAB AB", "ABAB BA", "A B AB", "BA AB ABB"]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(text), model_writer=model, vocab_size=7,
+                                   model_type="bpe", character_coverage=1.0, bos_id=-1, eos_id=-1,
+                                   minloglevel=2)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(model.getvalue())
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size()) if not sp.is_unknown(i)]
+    assert any(len(p.lstrip("\u2581")) > 1 for p in pieces)  # real merges, not characters
+    return ["<blank>", "<unk>", *pieces, "<sos/eos>"]
+
+
+def test_packed_bpe_model_holds_its_bpemodel_and_decodes_like_the_original(shrunk_model):
+    """The shrunk model's weights with a BPE token list of the same size: the archive must
+    carry ``bpemodel`` (token_type bpe) and point the unpacked config at its copy."""
+    import sentencepiece as spm
+
+    root = shrunk_model
+    bpe = root / "data/bpe.model"
+    conf = yaml.safe_load(Path("shrunk/config.yaml").read_text())
+    token_list = _bpe_model(bpe)
+    assert len(token_list) == len(conf["token_list"])
+    conf.update(token_type="bpe", bpemodel="data/bpe.model", token_list=token_list)
+    Path("shrunk/config.yaml").write_text(yaml.safe_dump(conf))
+    waves = _waves(2)
+    reference = _decode(_speech2text(asr_train_config="shrunk/config.yaml", asr_model_file="shrunk/model.pth"),
+                        waves)
+    # the text is the BPE model's detokenisation of the tokens (no word-boundary marks left)
+    sp = spm.SentencePieceProcessor(model_file=str(bpe))
+    assert any(any("\u2581" in token_list[i] for i in ids) for _, ids, _ in reference)
+    assert [text for text, _, _ in reference] == [sp.decode_pieces([token_list[i] for i in ids])
+                                                   for _, ids, _ in reference]
+
+    out = pack.main(["--asr_train_config", "shrunk/config.yaml", "--asr_model_file", "shrunk/model.pth",
+                     "--outpath", "bpe.zip"])
+    with zipfile.ZipFile(out) as zf:
+        assert zf.read("data/bpe.model") == bpe.read_bytes()  # at the path the config names
+    archive = shutil.move(str(out), str(root / "shared.zip"))
+    for gone in ("shrunk", "data"):
+        shutil.rmtree(root / gone)
+    (root / "feats_stats.npz").unlink()
+    from espnet2.main_funcs.pack_funcs import unpack
+
+    files = unpack(archive, root / "unpacked")
+    unpacked_conf = yaml.safe_load(Path(files["asr_train_config"]).read_text())
+    assert Path(unpacked_conf["bpemodel"]) == root / "unpacked/data/bpe.model"
+    assert Path(unpacked_conf["bpemodel"]).is_file()
+    assert _decode(_speech2text(**files), waves) == reference

@@ -15,7 +15,7 @@ import yaml
 from conftest import TINY_CONF, write_asr_config
 from espnet_prune.data.scoring import score_files
 from espnet_prune.model_io import save_asr_model
-from espnet_prune.recipe import report
+from espnet_prune.recipe import measure, report
 
 VOCAB = ["<blank>", "<unk>", "A", "B", "C", "D", "E", " ", "<sos/eos>"]
 PRUNED_BLOCKS = [
@@ -274,7 +274,7 @@ def test_every_timed_decode_reads_its_own_copy_of_the_input(setup, tmp_path):
     assert not torch.equal(mutated, original)
 
     seen = []
-    report.time_interleaved([decode, decode], [x, x], repeats=3, warmup_inputs=[x],
+    measure.time_interleaved([decode, decode], [x, x], repeats=3, warmup_inputs=[x],
                             record=lambda m, i, out: seen.append(out))
     assert torch.equal(x, original)  # the caller's input is untouched
     assert len(seen) == 2 * 2 * 3 and all(h == expected for h in seen)

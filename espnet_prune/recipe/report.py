@@ -45,25 +45,18 @@ What is measured (DESIGN section 4):
 from __future__ import annotations
 
 import argparse
-import datetime
 import inspect
 import json
-import math
-import os
-import platform
 import shlex
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from espnet2.utils.types import str2bool
 
 from espnet_prune.fileio import atomic_write_text
-from espnet_prune.recipe import evidence
+from espnet_prune.recipe import evidence, markdown, measure
 from espnet_prune.recipe.options import parse_named_paths
 
 #: Published results (reference rows, not reproduced here).
@@ -303,109 +296,7 @@ def model_size(model, args: argparse.Namespace, seconds: float, fps: float,
 # --------------------------------------------------------------------------- timing
 
 
-def fresh_copy(x: Any) -> Any:
-    """A private copy of one input: ESPnet's ``GlobalMVN`` normalizes its input in place,
-    so a tensor decoded twice would be normalized twice."""
-    return x.clone() if hasattr(x, "clone") else np.array(x, copy=True)
-
-
-def time_interleaved(
-    fns: Sequence[Callable[[Any], Any]],
-    inputs: Sequence[Any],
-    repeats: int,
-    warmup_inputs: Sequence[Any],
-    record: Optional[Callable[[int, int, Any], None]] = None,
-) -> List[List[List[float]]]:
-    """Wall times ``[model][input][repeat]`` of ``fns[m](inputs[i])``, interleaved.
-
-    One warm-up call per model on each of ``warmup_inputs`` first. Then, for every input
-    and repeat, every model runs once, in an order rotated by one each round, so that a
-    change of machine load in the middle affects all models alike. Every call gets its own
-    copy of its input (made outside the timer), so no call sees what an earlier one did to
-    it; ``record(m, i, output)`` receives every timed call's output.
-    """
-    n = len(fns)
-    for x in warmup_inputs:
-        for fn in fns:
-            fn(fresh_copy(x))
-    times: List[List[List[float]]] = [[[] for _ in inputs] for _ in fns]
-    rnd = 0
-    for i, x in enumerate(inputs):
-        for _ in range(repeats):
-            for k in range(n):
-                m = (k + rnd) % n
-                x_m = fresh_copy(x)
-                t0 = time.perf_counter()
-                out = fns[m](x_m)
-                times[m][i].append(time.perf_counter() - t0)
-                if record is not None:
-                    record(m, i, out)
-            rnd += 1
-    return times
-
-
-def summarize_times(times: List[List[List[float]]], audio_s: Sequence[float]) -> List[Dict[str, Any]]:
-    """Per model: per-utterance medians, their sum, and ratios to model 0 (same run)."""
-    out = []
-    for per_model in times:
-        med = [statistics.median(r) for r in per_model]
-        out.append({"per_utt_median_s": med, "total_s": float(sum(med)),
-                    "rtf": float(sum(med) / sum(audio_s)) if sum(audio_s) > 0 else None})
-    base = out[0]
-    for o in out:
-        o["ratio"] = o["total_s"] / base["total_s"] if base["total_s"] > 0 else None
-        per_utt = [a / b for a, b in zip(o["per_utt_median_s"], base["per_utt_median_s"]) if b > 0]
-        o["ratio_median_utt"] = statistics.median(per_utt) if per_utt else None
-    return out
-
-
 # --------------------------------------------------------------------------- report
-
-
-def environment(threads: int) -> Dict[str, Any]:
-    import torch
-
-    try:
-        import espnet
-
-        espnet_version = espnet.__version__
-    except Exception:  # noqa: BLE001
-        espnet_version = "unknown"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    git = None
-    try:
-        git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
-    except Exception:  # noqa: BLE001
-        pass
-    import espnet_prune
-
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "espnet": espnet_version,
-        "espnet_prune": espnet_prune.__version__,
-        "git": git,
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        "threads": threads,
-        "platform": platform.platform(),
-    }
-
-
-def _loadavg() -> Optional[List[float]]:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -523,80 +414,28 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
         timing_info["input_unit"] = "samples" if raw else "frames"
         audio_s = [m.shape[0] / (sample_rate if raw else a.frames_per_second) for _, m in utts]
         timing_info["audio_seconds"] = float(sum(audio_s))
-        timing_info["loadavg_before"] = _loadavg()
+        timing_info["loadavg_before"] = measure.loadavg()
         if timing:
             feats = [torch.from_numpy(np.array(m)) for _, m in utts]  # kaldiio gives read-only arrays
-
-            def encoder_fn(model):
-                def run(x):
-                    with torch.inference_mode():
-                        model.encode(x[None], torch.tensor([x.shape[0]], dtype=torch.long))
-                return run
-
-            t_enc = time_interleaved([encoder_fn(m) for m in built], feats, a.latency_repeats,
-                                     warmup_inputs=feats)
-            for r, s in zip(rows, summarize_times(t_enc, audio_s)):
+            for r, s in zip(rows, measure.time_encoders(built, feats, a.latency_repeats, audio_s)):
                 r["encoder_latency"] = s
         if timing and a.decode_repeats > 0:
-            import espnet_prune
-            from espnet2.bin.asr_inference import Speech2Text
-
-            espnet_prune.register()
-
-            def speech2text(d: Path):
-                return Speech2Text(asr_train_config=str(d / "config.yaml"),
-                                   asr_model_file=str(d / "model.pth"), device="cpu", **options)
-
-            from espnet_prune.inference import espnet_decoding
-
-            # per model: ESPnet's decoder, then (optionally) the fast decoder
-            s2ts: List[Any] = []
-            for name, d in models:
-                reference = speech2text(d)
-                espnet_decoding(reference)  # pruned_transformer decoders: ESPnet's algorithm
-                s2ts.append(reference)
-                if a.fast_decoder:
-                    fast = speech2text(d)
-                    s2ts.append(fast if espnet_prune.fast_decoding(fast, require=False) else None)
-            active = [k for k, s in enumerate(s2ts) if s is not None]
-            # hyps[k][i]: n-best token ids of every timed decode of input i by decoder k
-            hyps: Dict[int, Dict[int, List[Any]]] = {k: {} for k in active}
-
-            def decode_fn(s2t):
-                def run(x):
-                    with torch.inference_mode():
-                        # (T, D) features: Speech2Text batches them to (1, T, D)
-                        return [r[2] for r in s2t(x)]
-                return run
-
-            def record(j: int, i: int, out: Any) -> None:
-                hyps[active[j]].setdefault(i, []).append(out)
-
-            t_dec = time_interleaved([decode_fn(s2ts[k]) for k in active],
-                                     feats, a.decode_repeats, warmup_inputs=feats[:1], record=record)
-            timing_info["decode_repeatable"] = all(
-                all(r == reps[0] for r in reps) for per_k in hyps.values() for reps in per_k.values())
-            times = dict(zip(active, t_dec))
-            per = 2 if a.fast_decoder else 1
-            espnet_times = [times[m * per] for m in range(len(models))]
-            for r, s in zip(rows, summarize_times(espnet_times, audio_s)):
-                r["decode_espnet"] = dict(s, decoder="espnet")
+            decodes, timing_info["decode_repeatable"] = measure.time_decoders(
+                models, options, feats, a.decode_repeats, audio_s, fast=a.fast_decoder)
+            for r in rows:
+                d = decodes[r["name"]]
+                r["decode_espnet"] = dict(d["espnet"], decoder="espnet")
                 r["decode"] = r["decode_espnet"]
-            fast_ok = [m for m in range(len(models)) if m * per + 1 in times] if a.fast_decoder else []
-            if fast_ok and fast_ok[0] == 0:
-                fast_times = [times[m * 2 + 1] for m in fast_ok]
-                for m, s in zip(fast_ok, summarize_times(fast_times, audio_s)):
-                    r = rows[m]
-                    r["decode"] = dict(s, decoder="fast")
-                    r["fast_decoder_ratio"] = s["total_s"] / r["decode_espnet"]["total_s"]
-                    r["fast_decoder_same_hyps"] = hyps[m * 2] == hyps[m * 2 + 1]
-            del s2ts
-        timing_info["loadavg_after"] = _loadavg()
+                if "fast" in d:
+                    r["decode"] = dict(d["fast"], decoder="fast")
+                    r["fast_decoder_ratio"] = d["fast"]["total_s"] / d["espnet"]["total_s"]
+                    r["fast_decoder_same_hyps"] = d["same_hyps"]
+        timing_info["loadavg_after"] = measure.loadavg()
     finally:
         torch.set_num_threads(prev_threads)
 
     report: Dict[str, Any] = {
-        "environment": environment(a.threads),
+        "environment": measure.environment(a.threads),
         "command": command,
         "settings": {
             "reference_model": base["name"], "test_sets": list(a.test_sets),
@@ -623,172 +462,13 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
     return report
 
 
-# --------------------------------------------------------------------------- Markdown
-
-
-def _f(x: Optional[float], fmt: str) -> str:
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "-"
-    return format(x, fmt)
-
-
-DEFINITIONS = (
-    "Every ratio is to the reference model `{ref}` (first `--model`). "
-    "**WER** (%): sclite-compatible (S + D + I) / reference words, from "
-    "`<model>/{decode}_<set>/score_wer/result.txt`, one decimal as sclite prints it. "
-    "**params**: `numel` of the built ESPnet model (whole model, and encoder alone). "
-    "**enc MACs@{sec:g}s**: multiply-accumulates of the encoder's matrix products and "
-    "convolutions (subsampling front end + blocks) for {sec:g} s of audio at "
-    "{fps:g} frames/s, from the exact cost model `espnet_prune.cost`. "
-    "**dec MACs/token**: the decoder's multiply-accumulates per output token of one "
-    "hypothesis (self attention over the prefix, source attention over the encoder output, "
-    "FFN, output layer; averaged over {tok} tokens), as the fast decoder runs it "
-    "(`espnet_prune.cost.decoder_cost`). **inference MACs**: encoder + CTC projection + "
-    "decoder for {tok} tokens of one hypothesis, source keys/values once per utterance "
-    "(the `macs` target of `espnet_prune.targets`). "
-    "**Sparsity** = 1 - cost(model) / cost(reference), given below for params of the whole "
-    "model, of the encoder and of the prunable blocks, and for MACs of the whole encoder and "
-    "of the blocks. "
-    "**enc latency ratio**: wall time of `model.encode(feats, lens)` (batch 1, "
-    "{threads} thread(s), `torch.inference_mode`, after a warm-up pass), median of "
-    "{reps} runs per utterance, summed over the first {n} utterances of `{lset}`, divided by "
-    "the reference's sum measured in the same run, models interleaved round-robin. "
-    "**decode RTF**: wall time of ESPnet's `Speech2Text` on the same features (encoder + "
-    "beam search, options of `{inf}`; median of {dreps} decode(s) per utterance after one "
-    "warm-up decode, summed) / audio duration (frames / {fps:g}), with ESPnet's own "
-    "Transformer decoder (**ESPnet decoder**; for a `pruned_transformer` decoder, ESPnet's "
-    "incremental algorithm on its layers) and with the fast exact decoder that the recipe "
-    "decodes with (**fast decoder**, `espnet_prune.fast_decoding`: same hypotheses, encoder "
-    "keys/values computed once per utterance), all interleaved in one run; **RTF ratio** is "
-    "the fast-decoder RTF (ESPnet's when the fast decoder is off) over the reference's, "
-    "**fast / ESPnet** the two decoders' time ratio per model. Absolute times depend on the "
-    "machine and its load; compare ratios."
-)
-
-
-def format_markdown(r: Dict[str, Any]) -> str:
-    env, st, rows = r["environment"], r["settings"], r["models"]
-    sets = st["test_sets"]
-    sec = st["macs_seconds"]
-    L: List[str] = ["# RESULTS", "", "## Environments"]
-    L += [f"- date: `{env['date']}`",
-          f"- python version: `{env['python']}`",
-          f"- espnet version: `espnet {env['espnet']}`",
-          f"- pytorch version: `pytorch {env['torch']}`",
-          f"- espnet_prune version: `{env['espnet_prune']}`"
-          + (f" (git `{env['git']}`)" if env.get("git") else ""),
-          f"- CPU: `{env['cpu']}`, {env['cpu_count']} cores; torch threads: {env['threads']}",
-          f"- load average (1/5/15 min) before / after timing: "
-          f"`{r['timing'].get('loadavg_before')}` / `{r['timing'].get('loadavg_after')}`",
-          f"- command: `{r['command']}`", ""]
-    L += ["## Definitions", "",
-          DEFINITIONS.format(ref=st["reference_model"], decode=st["decode_name"], sec=sec,
-                             fps=st["frames_per_second"], threads=st["threads"],
-                             tok=st.get("macs_tokens", 40),
-                             reps=st["latency_repeats"], n=len(r["timing"]["utterances"]),
-                             lset=st["latency_set"], inf=st["inference_config"] or "defaults",
-                             dreps=st["decode_repeats"])
-          + " " + evidence.definitions(r), ""]
-    tu = r["timing"]
-    if tu["utterances"]:
-        L += [f"Timing inputs: {len(tu['utterances'])} utterances of `{tu['set']}`, "
-              f"{sum(tu['frames'])} {tu.get('input_unit', 'frames')} = {tu['audio_seconds']:.2f} s of audio; "
-              "every timed call reads its own copy of the input"
-              + ({True: "; every repeat of a decode gave the same hypotheses",
-                  False: "; **repeats of a decode gave different hypotheses: timings suspect**"}
-                 .get(tu.get("decode_repeatable"), "") + "."), ""]
-
-    # ---- summary
-    head = (["model"] + [f"WER {s}" for s in sets]
-            + ["params (M)", "params ratio", "enc params (M)", f"enc MACs@{sec:g}s (G)",
-               "MACs ratio", "dec MACs/token ratio", "inference MACs ratio", "enc latency ratio",
-               "decode RTF (ESPnet decoder)", "decode RTF (fast decoder)", "RTF ratio"])
-    L += ["## Summary", ""] + evidence.markdown_head(head)
-    for m in rows:
-        lat, dec = m.get("encoder_latency") or {}, m.get("decode") or {}
-        esp = m.get("decode_espnet") or {}
-        fast_rtf = dec.get("rtf") if dec.get("decoder") == "fast" else None
-        cells = ([evidence.cell(m["name"])] + [evidence.wer_cell(m["wer"][s]) for s in sets]
-                 + [_f(m["params"]["total"] / 1e6, ".2f"), _f(m["params_ratio"], ".3f"),
-                    _f(m["params"]["encoder"] / 1e6, ".2f"), _f(m["encoder_macs"] / 1e9, ".3f"),
-                    _f(m["macs_ratio"], ".3f"), _f(m.get("decoder_token_macs_ratio"), ".3f"),
-                    _f(m.get("inference_macs_ratio"), ".3f"), _f(lat.get("ratio"), ".3f"),
-                    _f(esp.get("rtf"), ".3g"), _f(fast_rtf, ".3g"), _f(dec.get("ratio"), ".3f")])
-        L.append(evidence.markdown_row(cells))
-    pub = r.get("published")
-    if pub:
-        cells = ([evidence.cell(f"{pub['label']} (published, not reproduced here)")]
-                 + [_f(pub["wer"][s]["Err"], ".1f") if s in pub["wer"] else "-" for s in sets]
-                 + ["-"] * 11)
-        L.append(evidence.markdown_row(cells))
-        L += ["", f"Published reference ({pub['source']}): "
-              + ", ".join(f"{s} {v['Err']:.1f}" for s, v in pub["wer"].items())
-              + " WER; not reproduced here" + (
-                  "" if pub["matched_sets"] else
-                  " (none of --test_sets is named like these sets, so no cell is filled)") + "."]
-    L.append("")
-    L += evidence.paired_section(r)
-
-    # ---- sparsity and absolute costs
-    L += ["## Size and sparsity (1 - cost / reference cost)", "",
-          "| model | encoder | params | enc params | block params | enc MACs | block MACs "
-          "| params sparsity (whole model) | params sparsity (encoder) | params sparsity (blocks) "
-          "| MACs sparsity (encoder) | MACs sparsity (blocks) |",
-          "|" + "---|" * 12]
-    for m in rows:
-        sp = m["sparsity"]
-        L.append(evidence.markdown_row([
-            evidence.cell(m["name"]), m["encoder"], f"{m['params']['total']:,}",
-            f"{m['params']['encoder']:,}", f"{m['block_params']:,}", f"{m['encoder_macs']:,}",
-            f"{m['block_macs']:,}", _f(sp["params_whole_model"], ".3f"),
-            _f(sp["params_encoder"], ".3f"), _f(sp["params_blocks"], ".3f"),
-            _f(sp["macs_encoder"], ".3f"), _f(sp["macs_blocks"], ".3f")]))
-    L.append("")
-
-    # ---- timing
-    if tu["utterances"]:
-        L += ["## Timing (same run, interleaved)", "",
-              "| model | enc time (ms, sum of medians) | enc latency ratio | median per-utt ratio "
-              "| decode time, ESPnet decoder (s) | decode RTF, ESPnet decoder "
-              "| decode time, fast decoder (s) | decode RTF, fast decoder | fast / ESPnet "
-              "| same hypotheses | RTF ratio |",
-              "|" + "---|" * 11]
-        for m in rows:
-            lat, dec = m.get("encoder_latency") or {}, m.get("decode") or {}
-            esp = m.get("decode_espnet") or {}
-            fast = dec if dec.get("decoder") == "fast" else {}
-            same = m.get("fast_decoder_same_hyps")
-            L.append(evidence.markdown_row([
-                evidence.cell(m["name"]), _f(lat["total_s"] * 1e3 if "total_s" in lat else None, ".2f"),
-                _f(lat.get("ratio"), ".3f"), _f(lat.get("ratio_median_utt"), ".3f"),
-                _f(esp.get("total_s"), ".3f"), _f(esp.get("rtf"), ".3g"),
-                _f(fast.get("total_s"), ".3f"), _f(fast.get("rtf"), ".3g"),
-                _f(m.get("fast_decoder_ratio"), ".3f"),
-                "-" if same is None else ("yes" if same else "**no**"),
-                _f(dec.get("ratio"), ".3f")]))
-        L.append("")
-
-    L += evidence.plots_section(r)
-
-    # ---- per-model WER tables, ESPnet layout
-    for m in rows:
-        L += [f"## {m['name']}: `{m['dir']}`", "", "### WER", "",
-              "|dataset|Snt|Wrd|Corr|Sub|Del|Ins|Err|S.Err|", "|---|---|---|---|---|---|---|---|---|"]
-        for s in sets:
-            w = m["wer"][s]
-            L.append(f"|{st['decode_name']}_{s}|{w['Snt']}|{w['Wrd']}|" + "|".join(
-                f"{w[k]:.1f}" for k in ("Corr", "Sub", "Del", "Ins", "Err", "S.Err")) + "|")
-        L.append("")
-    return "\n".join(L)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Any]:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = get_parser().parse_args(argv)
     command = "python -m espnet_prune.recipe.report " + shlex.join(argv)
     report = build_report(a, command)
     report["plots"] = evidence.write_plots(a, report)  # PNGs beside --output
-    md = format_markdown(report)
+    md = markdown.format_markdown(report)
     if a.json:
         atomic_write_text(a.json, json.dumps(report, indent=1) + "\n")
     atomic_write_text(a.output, md)

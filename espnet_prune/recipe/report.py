@@ -336,11 +336,71 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 
+def build_rows(
+    a: argparse.Namespace,
+    models: Sequence[Tuple[str, Path]],
+    wers: Dict[str, Dict[str, Any]],
+    first_feats: Sequence[Tuple[str, np.ndarray]],
+    latency_set: str,
+) -> Tuple[List[Any], List[Dict[str, Any]]]:
+    """Build every model (eval mode) and its row: size, MACs and WER.
+
+    With ``--data_format raw`` the models need a frontend, and ``a.frames_per_second``
+    becomes the reference model's frame rate; with features they must have none, and the
+    input dimension of ``first_feats`` is checked against each.
+    """
+    from espnet_prune.model_io import build_asr_model
+
+    raw = a.data_format == "raw"
+    built = []
+    rows: List[Dict[str, Any]] = []
+    for name, d in models:
+        model, args = build_asr_model(d / "config.yaml", d / "model.pth")
+        model.eval()
+        if raw:
+            if getattr(model, "frontend", None) is None:
+                raise ReportError(f"{d / 'config.yaml'}: --data_format raw needs a model "
+                                  "with a frontend")
+            if not rows:  # MACs at the reference model's frame rate (fs / hop_length)
+                from espnet_prune.bin.profile import frames_per_second
+
+                a.frames_per_second = frames_per_second(args)
+        elif getattr(model, "frontend", None) is not None:
+            raise ReportError(f"{d / 'config.yaml'}: the model has a frontend; the report "
+                              "feeds precomputed features (train with --input_size)")
+        size = model_size(model, args, a.macs_seconds, a.frames_per_second, a.macs_tokens)
+        for utt, mat in first_feats:
+            if mat.shape[1] != size["input_size"]:
+                raise ReportError(f"{Path(a.data_dir) / latency_set / 'feats.scp'}: {utt} has "
+                                  f"{mat.shape[1]}-dim features, {name} expects "
+                                  f"{size['input_size']}")
+        built.append(model)
+        rows.append({"name": name, "dir": str(d), **size, "wer": wers[name]})
+    return built, rows
+
+
+def add_ratios(rows: List[Dict[str, Any]]) -> None:
+    """Size and cost ratios, and sparsities, of every row to the first (in place)."""
+    base = rows[0]
+    for r in rows:
+        p, bp = r["params"], base["params"]
+        r["params_ratio"] = p["total"] / bp["total"]
+        r["encoder_params_ratio"] = p["encoder"] / bp["encoder"]
+        r["macs_ratio"] = r["encoder_macs"] / base["encoder_macs"]
+        r["decoder_token_macs_ratio"] = r["decoder_token_macs"] / base["decoder_token_macs"]
+        r["inference_macs_ratio"] = r["inference_macs"] / base["inference_macs"]
+        r["sparsity"] = {
+            "params_whole_model": 1 - p["total"] / bp["total"],
+            "params_encoder": 1 - p["encoder"] / bp["encoder"],
+            "params_blocks": 1 - r["block_params"] / base["block_params"],
+            "macs_encoder": 1 - r["encoder_macs"] / base["encoder_macs"],
+            "macs_blocks": 1 - r["block_macs"] / base["block_macs"],
+        }
+
+
 def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
     """Measure everything and return the JSON-able report."""
     import torch
-
-    from espnet_prune.model_io import build_asr_model
 
     # ---- check every input before any expensive work
     models = parse_models(a.model)
@@ -366,47 +426,8 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(a.threads)
     try:
-        # ---- build, count
-        built = []
-        rows: List[Dict[str, Any]] = []
-        for name, d in models:
-            model, args = build_asr_model(d / "config.yaml", d / "model.pth")
-            model.eval()
-            if raw:
-                if getattr(model, "frontend", None) is None:
-                    raise ReportError(f"{d / 'config.yaml'}: --data_format raw needs a model "
-                                      "with a frontend")
-                if not rows:  # MACs at the reference model's frame rate (fs / hop_length)
-                    from espnet_prune.bin.profile import frames_per_second
-
-                    a.frames_per_second = frames_per_second(args)
-            elif getattr(model, "frontend", None) is not None:
-                raise ReportError(f"{d / 'config.yaml'}: the model has a frontend; the report "
-                                  "feeds precomputed features (train with --input_size)")
-            size = model_size(model, args, a.macs_seconds, a.frames_per_second, a.macs_tokens)
-            for utt, mat in ([] if raw else utts[:1]):
-                if mat.shape[1] != size["input_size"]:
-                    raise ReportError(f"{Path(a.data_dir) / latency_set / 'feats.scp'}: {utt} has "
-                                      f"{mat.shape[1]}-dim features, {name} expects "
-                                      f"{size['input_size']}")
-            built.append(model)
-            rows.append({"name": name, "dir": str(d), **size, "wer": wers[name]})
-
-        base = rows[0]
-        for r in rows:
-            p, bp = r["params"], base["params"]
-            r["params_ratio"] = p["total"] / bp["total"]
-            r["encoder_params_ratio"] = p["encoder"] / bp["encoder"]
-            r["macs_ratio"] = r["encoder_macs"] / base["encoder_macs"]
-            r["decoder_token_macs_ratio"] = r["decoder_token_macs"] / base["decoder_token_macs"]
-            r["inference_macs_ratio"] = r["inference_macs"] / base["inference_macs"]
-            r["sparsity"] = {
-                "params_whole_model": 1 - p["total"] / bp["total"],
-                "params_encoder": 1 - p["encoder"] / bp["encoder"],
-                "params_blocks": 1 - r["block_params"] / base["block_params"],
-                "macs_encoder": 1 - r["encoder_macs"] / base["encoder_macs"],
-                "macs_blocks": 1 - r["block_macs"] / base["block_macs"],
-            }
+        built, rows = build_rows(a, models, wers, [] if raw else utts[:1], latency_set)
+        add_ratios(rows)
 
         # ---- timing
         timing_info: Dict[str, Any] = {"set": latency_set, "utterances": [u for u, _ in utts],
@@ -438,7 +459,7 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
         "environment": measure.environment(a.threads),
         "command": command,
         "settings": {
-            "reference_model": base["name"], "test_sets": list(a.test_sets),
+            "reference_model": rows[0]["name"], "test_sets": list(a.test_sets),
             "data_dir": a.data_dir, "data_format": a.data_format, "decode_name": a.decode_name,
             "inference_config": a.inference_config, "inference_options": options,
             "inference_options_ignored": ignored, "latency_set": latency_set,

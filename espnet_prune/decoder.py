@@ -2,7 +2,7 @@
 
 The decoder side now mirrors the encoder side: :mod:`espnet_prune.structure` (dims and
 layer structures), :mod:`espnet_prune.decoder_layer` (layers and slicing),
-:mod:`espnet_prune.cost` (exact cost), :mod:`espnet_prune.fast_decoder` (the fast exact
+:mod:`espnet_prune.cost` (exact cost), :mod:`espnet_prune.fast_attention` and :mod:`espnet_prune.fast_decoder` (the fast exact
 search), :mod:`espnet_prune.pruned_decoder` (``pruned_transformer``),
 :mod:`espnet_prune.inference` (``Speech2Text``) and :mod:`espnet_prune.flops`.
 """

@@ -20,7 +20,7 @@ from espnet.nets.pytorch_backend.transformer.positionwise_feed_forward import (
     PositionwiseFeedForward,
 )
 
-from espnet_prune.blocks import subset_attention, subset_ffn
+from espnet_prune.blocks import subset_attention, subset_ffn, unit_count
 from espnet_prune.structure import SUBLAYERS, DecoderLayerStructure
 
 Tensor = torch.Tensor
@@ -195,14 +195,6 @@ def run_sublayers(
         if not layer.normalize_before:
             x = norm(x)
     return x
-
-
-def unit_count(module: torch.nn.Module) -> int:
-    if isinstance(module, MultiHeadedAttention):
-        return module.h
-    if isinstance(module, PositionwiseFeedForward):
-        return module.w_1.out_features
-    raise TypeError(f"cannot prune a {type(module).__name__} in a decoder layer")
 
 
 def decoder_layer_structure(layer: DecoderLayer) -> DecoderLayerStructure:

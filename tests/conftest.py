@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import tempfile
 
@@ -153,3 +154,157 @@ def one_thread():
 @pytest.fixture
 def tiny_conf() -> Dict[str, Any]:
     return dict(TINY_CONF)
+
+
+# =============================================================================
+# Decoders: random gates, ESPnet's beam searches, zeroed ESPnet references
+# =============================================================================
+
+
+def set_random_decoder_gates(dec, seed: int, p_close: float = 0.3, p_kill_layer: float = 0.25) -> None:
+    """Random log_alpha of a GatedTransformerDecoder: units spread out, some sublayers and
+    some whole layers closed."""
+    from espnet_prune.decoder import SUBLAYERS
+
+    g = torch.Generator().manual_seed(seed)
+    for layer in dec.decoders:
+        kill = torch.rand(1, generator=g).item() < p_kill_layer
+        for name, gate in layer.gates.items():
+            if gate.n == 1:
+                closed = kill or torch.rand(1, generator=g).item() < p_close
+                la = torch.full((1,), -10.0 if closed else 5.0)
+            else:
+                la = torch.randn(gate.n, generator=g) * 3.0
+                sublayer = next(s for s, f in SUBLAYERS.items() if f[0] == name)
+                if kill and sublayer not in layer.gates:
+                    la = torch.full((gate.n,), -10.0)
+            gate.log_alpha.data.copy_(la)
+
+
+def espnet_beam(cls, dec, beam: int, vocab: int, ctc=None):
+    """ESPnet search ``cls`` (eval mode) scoring with ``dec`` and a length bonus, plus CTC
+    prefix scores (weight 0.3, full pre-beam) when ``ctc`` is given; sos = eos = vocab - 1."""
+    from espnet.nets.scorers.ctc import CTCPrefixScorer
+    from espnet.nets.scorers.length_bonus import LengthBonus
+
+    eos = vocab - 1
+    scorers: Dict[str, Any] = dict(decoder=dec, length_bonus=LengthBonus(vocab))
+    weights = dict(decoder=1.0, length_bonus=0.1)
+    if ctc is not None:
+        scorers["ctc"] = CTCPrefixScorer(ctc, eos)
+        weights = dict(decoder=0.7, ctc=0.3, length_bonus=0.1)
+    return cls(beam_size=beam, weights=weights, scorers=scorers, sos=eos, eos=eos, vocab_size=vocab,
+               token_list=[f"t{i}" for i in range(vocab)],
+               pre_beam_score_key=None if ctc is None else "full").eval()
+
+
+def assert_same_hyps(ref_hyps, hyps, tol: float) -> None:
+    """Same number of hypotheses, same token sequences, total and per-scorer scores within
+    ``tol``."""
+    assert len(ref_hyps) == len(hyps) > 0
+    for h1, h2 in zip(ref_hyps, hyps):
+        assert h1.yseq.tolist() == h2.yseq.tolist()
+        assert abs(float(h1.score) - float(h2.score)) <= tol
+        assert h1.scores.keys() == h2.scores.keys()
+        for k in h1.scores:
+            assert abs(float(h1.scores[k]) - float(h2.scores[k])) <= tol, k
+
+
+def randomize_decoder(dec: torch.nn.Module, seed: int, std: float = 0.5) -> torch.nn.Module:
+    """Large random weights (peaky scores: no near-ties in a beam), norm scales near 1."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in dec.named_parameters():
+            if "log_alpha" in name:
+                continue
+            mean = 1.0 if "norm" in name and name.endswith("weight") else 0.0
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * (0.2 if mean else std) + mean)
+    return dec
+
+
+class ZeroSublayer(torch.nn.Module):
+    """Stands in for a removed decoder sublayer in a reference: contributes nothing."""
+
+    def __init__(self, out_dim: Optional[int] = None):
+        super().__init__()
+        self.out_dim = out_dim
+
+    def forward(self, x, *args, **kwargs):
+        return torch.zeros_like(x if self.out_dim is None else x[..., : self.out_dim])
+
+
+#: sublayer -> (attribute, norm, concat linear) of ESPnet's DecoderLayer
+DECODER_SUBLAYERS = (("self_attn", "self_attn", "norm1", "concat_linear1"),
+                     ("src_attn", "src_attn", "norm2", "concat_linear2"),
+                     ("ffn", "feed_forward", "norm3", None))
+
+
+def decoder_plan(dense, sizes: List[Dict[str, int]], seed: int) -> List[Dict[str, torch.Tensor]]:
+    """Random kept indices (sorted) per layer and sublayer of the ESPnet decoder ``dense``
+    with ``sizes`` ``[{self_heads, src_heads, ffn_units}]`` kept."""
+    g = torch.Generator().manual_seed(seed)
+    plan = []
+    for layer, size in zip(dense.decoders, sizes):
+        dense_n = {"self_attn": layer.self_attn.h, "src_attn": layer.src_attn.h,
+                   "ffn": layer.feed_forward.w_1.out_features}
+        field = {"self_attn": "self_heads", "src_attn": "src_heads", "ffn": "ffn_units"}
+        plan.append({name: torch.randperm(n, generator=g)[: size[field[name]]].sort().values
+                     for name, n in dense_n.items()})
+    return plan
+
+
+def zeroed_decoder_reference(dense, plan: List[Dict[str, torch.Tensor]]):
+    """Copy of the ESPnet decoder ``dense`` computing the pruned structure ``plan``: removed
+    heads / units zeroed in ``linear_out`` / ``w_2``, removed sublayers (and their norms)
+    skipped."""
+    ref = copy.deepcopy(dense)
+    for layer, keep_of in zip(ref.decoders, plan):
+        for name, attr, norm, concat in DECODER_SUBLAYERS:
+            keep = keep_of[name]
+            if len(keep) == 0:
+                setattr(layer, attr, ZeroSublayer())
+                setattr(layer, norm, torch.nn.Identity())
+                if layer.concat_after and concat is not None:
+                    setattr(layer, concat, ZeroSublayer(layer.size))
+                continue
+            module = getattr(layer, attr)
+            with torch.no_grad():
+                if name == "ffn":
+                    drop = torch.ones(module.w_1.out_features, dtype=torch.bool)
+                    drop[keep] = False
+                    module.w_2.weight[:, drop] = 0
+                else:
+                    drop = torch.ones(module.h, dtype=torch.bool)
+                    drop[keep] = False
+                    module.linear_out.weight[:, drop.repeat_interleave(module.d_k)] = 0
+    return ref
+
+
+def sliced_grads(dense_grads: Dict[str, torch.Tensor], plan, kept_layers: List[int],
+                 d_k: int) -> Dict[str, torch.Tensor]:
+    """Gradients of a pruned decoder's parameters read off the zeroed reference's: rows /
+    columns of the kept heads (``d_k`` each) and units, layer ``j`` of the pruned decoder
+    being dense layer ``kept_layers[j]``."""
+    out = {}
+    for name, grad in dense_grads.items():
+        if not name.startswith("decoders."):
+            out[name] = grad
+            continue
+        _, i, rest = name.split(".", 2)
+        if int(i) not in kept_layers:
+            continue
+        keep = plan[int(i)]
+        sub = rest.split(".")[0]
+        if sub in ("self_attn", "src_attn"):
+            idx = (keep[sub][:, None] * d_k + torch.arange(d_k)).flatten()
+            if rest.split(".")[1] in ("linear_q", "linear_k", "linear_v"):
+                grad = grad[idx]
+            elif rest.endswith("linear_out.weight"):
+                grad = grad[:, idx]
+        elif sub == "feed_forward":
+            if rest.startswith("feed_forward.w_1"):
+                grad = grad[keep["ffn"]]
+            elif rest == "feed_forward.w_2.weight":
+                grad = grad[:, keep["ffn"]]
+        out[f"decoders.{kept_layers.index(int(i))}.{rest}"] = grad
+    return out

@@ -9,22 +9,22 @@ from __future__ import annotations
 import copy
 import gc
 import pickle
-from typing import Dict, List, Optional
+from typing import List, Optional
 
+import numpy as np
 import pytest
 import torch
 
 import conftest  # noqa: F401 - NLTK_DATA stub before ESPnet is imported
+from conftest import assert_same_hyps, espnet_beam, zeroed_decoder_reference
 from espnet.nets.batch_beam_search import BatchBeamSearch
 from espnet.nets.beam_search import BeamSearch
 from espnet.nets.pytorch_backend.nets_utils import make_pad_mask
 from espnet.nets.pytorch_backend.transformer.embedding import ScaledPositionalEncoding
 from espnet.nets.pytorch_backend.transformer.mask import subsequent_mask
-from espnet.nets.scorers.ctc import CTCPrefixScorer
-from espnet.nets.scorers.length_bonus import LengthBonus
 from espnet2.asr.ctc import CTC
 from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
-from espnet_prune import decoder as decoder_mod
+from espnet_prune import fast_decoder as decoder_mod
 from espnet_prune.decoder import (
     DecoderDims,
     DecoderLayerStructure,
@@ -177,23 +177,11 @@ def test_batch_score_several_distinct_memories_with_masks():
 
 
 def _beam(cls, dec, beam: int, ctc: Optional[CTC]):
-    scorers: Dict[str, object] = dict(decoder=dec, length_bonus=LengthBonus(V))
-    weights = dict(decoder=1.0, length_bonus=0.1)
-    if ctc is not None:
-        scorers["ctc"] = CTCPrefixScorer(ctc, EOS)
-        weights = dict(decoder=0.7, ctc=0.3, length_bonus=0.1)
-    return cls(beam_size=beam, weights=weights, scorers=scorers, sos=EOS, eos=EOS, vocab_size=V,
-               token_list=[f"t{i}" for i in range(V)],
-               pre_beam_score_key=None if ctc is None else "full").eval()
+    return espnet_beam(cls, dec, beam, V, ctc)
 
 
 def _assert_same_hyps(ref_hyps, our_hyps):
-    assert len(ref_hyps) == len(our_hyps) > 0
-    for h1, h2 in zip(ref_hyps, our_hyps):
-        assert h1.yseq.tolist() == h2.yseq.tolist()
-        assert abs(float(h1.score) - float(h2.score)) <= TOL
-        for k in h1.scores:
-            assert abs(float(h1.scores[k]) - float(h2.scores[k])) <= TOL, k
+    assert_same_hyps(ref_hyps, our_hyps, TOL)
 
 
 @pytest.mark.parametrize("search", [BeamSearch, BatchBeamSearch])
@@ -298,22 +286,37 @@ def test_memory_cache_follows_changes_and_dies_with_the_tensor():
         del other
         gc.collect()
         assert ours._memory_kv_cache is None  # gone with its tensor
-        # a new tensor at the address of a freed one is a new memory
-        a = torch.randn(2, 9, D)
-        ptr = a.data_ptr()
+        # a new tensor at the address of a freed one is a new memory. Tensors made with
+        # torch.from_numpy on one numpy buffer have the same address, offset, shape, stride
+        # and version (0) but each has its own storage: the address is reused for certain.
+        buf = np.random.default_rng(0).standard_normal((2, 9, D)).astype(np.float32)
+        a = torch.from_numpy(buf)
         ours.batch_score(ys, [None] * 2, a)
+        ptr = a.data_ptr()
+        assert len(seen) == 4
         del a
-        b = torch.randn(2, 9, D)
+        gc.collect()
+        assert ours._memory_kv_cache is None  # forgotten when the storage was freed
+        buf *= -2.0
+        b = torch.from_numpy(buf)
+        assert b.data_ptr() == ptr and b._version == 0
         out, _ = ours.batch_score(ys, [None] * 2, b)
         assert close(out, ref.batch_score(ys, [None] * 2, b)[0])
-        assert len(seen) == 5, f"same address reused: {b.data_ptr() == ptr}"
+        assert len(seen) == 5
+        # the storage, not the address, identifies the memory (even while the first lives)
+        buf *= -0.5
+        c = torch.from_numpy(buf)
+        assert c.data_ptr() == ptr and c._version == b._version == 0
+        out, _ = ours.batch_score(ys, [None] * 2, c)
+        assert close(out, ref.batch_score(ys, [None] * 2, c)[0])
+        assert len(seen) == 6
         # changed weights are changed keys and values
         ours.decoders[0].src_attn.linear_v.weight.mul_(2.0)
         ref.decoders[0].src_attn.linear_v.weight.mul_(2.0)
-        out, _ = ours.batch_score(ys, [None] * 2, b)
-        assert close(out, ref.batch_score(ys, [None] * 2, b)[0])
+        out, _ = ours.batch_score(ys, [None] * 2, c)
+        assert close(out, ref.batch_score(ys, [None] * 2, c)[0])
         # init_state (start of an utterance in ESPnet's searches) forgets the memory
-        ours.init_state(b[0])
+        ours.init_state(c[0])
         assert ours._memory_kv_cache is None
 
 
@@ -391,17 +394,6 @@ def test_espnet_native_cache_is_used_when_espnet_has_it(monkeypatch):
 # =============================================================================
 
 
-class _Zero(torch.nn.Module):
-    """Stands in for a removed sublayer in the reference: contributes nothing."""
-
-    def __init__(self, out_dim: Optional[int] = None):
-        super().__init__()
-        self.out_dim = out_dim
-
-    def forward(self, x, *args, **kwargs):
-        return torch.zeros_like(x if self.out_dim is None else x[..., : self.out_dim])
-
-
 def _random_plan(seed: int, num_blocks: int, remove_layer: Optional[int] = None):
     """Random kept indices per layer and sublayer; some sublayers and one layer removed."""
     g = torch.Generator().manual_seed(seed)
@@ -434,28 +426,7 @@ def _pruned_pair(seed: int, remove_layer: Optional[int], **variant):
     assert [s.to_dict() for s in ours.structure()] == structures
 
     # reference: ESPnet's decoder, removed heads / units zeroed, removed sublayers skipped
-    ref = copy.deepcopy(dense)
-    for i, layer in enumerate(ref.decoders):
-        for name, attr, norm, concat in (("self_attn", "self_attn", "norm1", "concat_linear1"),
-                                         ("src_attn", "src_attn", "norm2", "concat_linear2"),
-                                         ("ffn", "feed_forward", "norm3", None)):
-            keep = plan[i][name]
-            if len(keep) == 0:
-                setattr(layer, attr, _Zero())
-                setattr(layer, norm, torch.nn.Identity())
-                if layer.concat_after and concat is not None:
-                    setattr(layer, concat, _Zero(D))
-                continue
-            with torch.no_grad():
-                if name == "ffn":
-                    drop = torch.ones(24, dtype=torch.bool)
-                    drop[keep] = False
-                    layer.feed_forward.w_2.weight[:, drop] = 0
-                else:
-                    drop = torch.ones(4, dtype=torch.bool)
-                    drop[keep] = False
-                    cols = drop.repeat_interleave(D // 4)
-                    getattr(layer, attr).linear_out.weight[:, cols] = 0
+    ref = zeroed_decoder_reference(dense, plan)
     return ref, ours, plan
 
 

@@ -105,6 +105,25 @@ def _write_scp(tmp_path: Path) -> Path:
     return scp
 
 
+def _decoded(out_dir: Path):
+    """(text and token_int per utterance, score per utterance) of an asr_inference run."""
+    root = out_dir / "1best_recog"
+    lines = {f: dict(line.split(maxsplit=1) if " " in line else (line, "")
+                     for line in (root / f).read_text().splitlines())
+             for f in ("text", "token_int", "score")}
+    scores = {utt: float(v.strip().removeprefix("tensor(").removesuffix(")"))
+              for utt, v in lines.pop("score").items()}
+    return lines, scores
+
+
+def _assert_same_decode(a, b) -> None:
+    """Same texts and token ids; scores within 1e-4 (float32 sums in another order) plus
+    the rounding of the written scores to 4 decimals."""
+    assert a[0] == b[0]
+    assert a[1].keys() == b[1].keys()
+    assert all(abs(a[1][u] - b[1][u]) <= 2e-4 for u in a[1])
+
+
 def test_asr_inference_fast_decoder_option(tmp_path, monkeypatch):
     from espnet_prune.bin import asr_inference
     from espnet_prune.decoder import PrunedTransformerDecoder
@@ -134,13 +153,64 @@ def test_asr_inference_fast_decoder_option(tmp_path, monkeypatch):
         n = len(calls)
         asr_inference.main(argv)
         assert (len(calls) > n) == (fast == "true")
-        root = tmp_path / f"dec_{fast}" / "1best_recog"
-        out[fast] = {f: (root / f).read_text() for f in ("text", "token_int", "score")}
-    assert out["true"] == out["false"] == out["yaml"]
-    assert sorted(line.split()[0] for line in out["true"]["text"].splitlines()) == ["utt0", "utt1", "utt2"]
+        out[fast] = _decoded(tmp_path / f"dec_{fast}")
+    _assert_same_decode(out["true"], out["false"])
+    _assert_same_decode(out["yaml"], out["false"])
+    assert sorted(out["true"][0]["text"]) == ["utt0", "utt1", "utt2"]
     from espnet2.bin import asr_inference as espnet_inference
 
     assert espnet_inference.Speech2Text.__module__ == "espnet2.bin.asr_inference"  # restored
+
+
+@pytest.mark.filterwarnings("ignore:torch.ao.quantization is deprecated:DeprecationWarning")
+def test_quantized_decoder_falls_back_to_espnet(tmp_path, monkeypatch, caplog):
+    """``--quantize_asr_model true`` (ESPnet's dynamic quantization of every Linear): the
+    decoder's state dict no longer matches a pruned_transformer, so ``--fast_decoder true``
+    warns and decodes with ESPnet's code: the hypotheses of ESPnet's decode of the same
+    quantized model, and the fast decoder never runs."""
+    import logging
+
+    from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
+
+    import espnet_prune
+    from espnet_prune.bin import asr_inference
+    from espnet_prune.decoder import PrunedTransformerDecoder
+
+    d = _model_dir(tmp_path, "dense")
+    scp = _write_scp(tmp_path)
+    calls = []
+    for method in ("batch_score", "score"):
+        original = getattr(PrunedTransformerDecoder, method)
+
+        def spy(self, *a, _original=original, **kw):
+            calls.append(1)
+            return _original(self, *a, **kw)
+
+        monkeypatch.setattr(PrunedTransformerDecoder, method, spy)
+    out = {}
+    for fast in ("true", "false"):
+        argv = ["--asr_train_config", str(d / "config.yaml"), "--asr_model_file", str(d / "model.pth"),
+                "--data_path_and_name_and_type", f"{scp},speech,kaldi_ark",
+                "--output_dir", str(tmp_path / f"q_{fast}"), "--batch_size", "1", "--beam_size", "3",
+                "--ctc_weight", "0.3", "--maxlenratio", "0.0", "--ngpu", "0",
+                "--quantize_asr_model", "true", "--fast_decoder", fast]
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            asr_inference.main(argv)
+        assert ("fast decoder not used" in caplog.text) == (fast == "true")
+        out[fast] = _decoded(tmp_path / f"q_{fast}")
+    assert calls == []
+    _assert_same_decode(out["true"], out["false"])
+    assert any(out["true"][0]["token_int"].values())  # random weights still emit tokens
+    # the same through the Python API: refused with the reason, decoder left as it is
+    s2t = _speech2text(d, quantize_asr_model=True)
+    decoder = s2t.asr_model.decoder
+    assert type(decoder) is TransformerDecoder
+    assert isinstance(decoder.decoders[0].feed_forward.w_1, torch.ao.nn.quantized.dynamic.Linear)
+    assert espnet_prune.fast_decoding(s2t, require=False) is False
+    with pytest.raises(ValueError, match="quantized"):
+        espnet_prune.fast_decoding(s2t)
+    assert s2t.asr_model.decoder is decoder and s2t.beam_search.full_scorers["decoder"] is decoder
 
 
 def test_pruned_transformer_yaml_config_round_trip(tmp_path):

@@ -463,40 +463,89 @@ def test_unit_groups_reject_inputs_too_short_for_macs():
 
 
 def _variants(kind: str, dtype=torch.float32):
-    """(name, module) for the gated module (train, and eval with a selection) and a
-    pruned module of ``kind``."""
+    """(name, module, gated) for the gated module (train, and eval with a selection) and a
+    pruned module of ``kind``; ``gated`` is the gated module whose function it computes."""
     gated = gate(espnet_front(kind, "abs")).to(dtype)
     random_gates(gated, 1)
     evaluated = copy.deepcopy(gated).eval()
     evaluated.eval_keep = [torch.tensor([0, 3, 5])] * len(gated.gates)
     pruned, _ = evaluated.shrink()
-    return [("gated-train", gated.train()), ("gated-eval", evaluated), ("pruned", pruned.eval())]
+    return [("gated-train", gated.train(), gated), ("gated-eval", evaluated, evaluated),
+            ("pruned", pruned.eval(), evaluated)]
+
+
+def masked_espnet(gated, masks: List[torch.Tensor]) -> torch.nn.Module:
+    """ESPnet's module of the gated module's class holding its weights, with each Conv2d's
+    output channels (weight rows and bias) times ``masks`` (>= 0): the gated function under
+    those channel masks, since ``ReLU(m x) = m ReLU(x)``."""
+    ref = SUBSAMPLING_CLASSES[gated.input_layer](IDIM, ODIM, 0.0, PositionalEncoding(ODIM, 0.0))
+    ref = ref.to(device=masks[0].device, dtype=masks[0].dtype).train(gated.training)
+    ref.load_state_dict({k: v for k, v in gated.state_dict().items() if not k.startswith("gates.")})
+    with torch.no_grad():
+        convs = [m for m in ref.conv if isinstance(m, torch.nn.Conv2d)]
+        for conv, mask in zip(convs, masks):
+            conv.weight.mul_(mask[:, None, None, None])
+            conv.bias.mul_(mask)
+    return ref
+
+
+def applied_masks(gated, run):
+    """``run()``'s output and the channel masks the gated module applied during it."""
+    seen: List[torch.Tensor] = []
+    relus = [m for m in gated.conv if isinstance(m, torch.nn.ReLU)]
+    hooks = [r.register_forward_pre_hook(lambda m, inp: seen.append(m.channel_mask.detach().clone()))
+             for r in relus]
+    try:
+        out = run()
+    finally:
+        for h in hooks:
+            h.remove()
+    assert len(seen) == len(relus)
+    return out, seen
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_forward_mask_and_prefix(kind, dtype):
+    """Outputs (and prefix embeddings of conv2d8) of every variant equal ESPnet's module with
+    the channel masks folded: the sampled ones in train mode, the kept channels at their open
+    medians in eval mode (and for the pruned module, which computes the same function)."""
+    tol = {torch.float32: 1e-4, torch.float64: 1e-10}[dtype]
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    g = torch.Generator().manual_seed(len(kind))
+    x = torch.rand(2, 40, IDIM, generator=g, dtype=dtype)
+    prefix = torch.rand(2, 3, ODIM, generator=g, dtype=dtype)
     for device in devices:
-        for name, module in _variants(kind, dtype):
-            module = module.to(device)
-            if hasattr(module, "eval_keep") and module.eval_keep is not None:
-                module.eval_keep = [k.to(device) for k in module.eval_keep]
-            x = torch.rand(2, 40, IDIM, dtype=dtype, device=device)
-            x_mask = torch.ones(2, 1, 40, dtype=torch.bool, device=device)
-            y, y_mask = module(x, x_mask)
-            assert y.dtype == dtype, name
-            assert y.size(0) == 2 and y.size(2) == ODIM and y.size(1) == y_mask.size(2), name
-            if kind == "conv2d8":
-                prefix = torch.rand(2, 3, ODIM, dtype=dtype, device=device)
-                y_p, mask_p = module(x, x_mask, prefix_embeds=prefix)
-                assert y_p.size(1) == mask_p.size(2) == y.size(1) + 3, name
+        for name, module, gated in _variants(kind, dtype):
+            module, gated = module.to(device), gated.to(device)
+            if gated.eval_keep is not None:
+                gated.eval_keep = [k.to(device) for k in gated.eval_keep]
+            xd, x_mask = x.to(device), torch.ones(2, 1, 40, dtype=torch.bool, device=device)
+            kwargs = [{}] + ([{"prefix_embeds": prefix.to(device)}] if kind == "conv2d8" else [])
+            for kw in kwargs:
+                with torch.no_grad():
+                    if name == "gated-train":
+                        out, masks = applied_masks(gated, lambda: module(xd, x_mask, **kw))
+                    else:
+                        out = module(xd, x_mask, **kw)
+                        masks = []
+                        for gate_, keep in zip(gated.gates, gated.eval_keep):
+                            mask = torch.zeros(gate_.n, dtype=dtype, device=device)
+                            mask[keep] = gate_.open_median().detach()[keep]
+                            masks.append(mask)
+                    expected = masked_espnet(gated, masks)(xd, x_mask, **kw)
+                assert out[0].dtype == dtype and out[0].device.type == device, name
+                assert_same_output(out, expected, tol)
+                if kw:
+                    assert out[0].size(1) == out[1].size(2) == module(xd, x_mask)[0].size(1) + 3, name
+            if name == "gated-train":
+                assert any(((m > 0) & (m < 1)).any() for m in masks)  # samples inside (0, 1)
 
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_check_short_utt(kind):
     limit = SHORT_LIMITS[kind]
-    for name, module in _variants(kind):
+    for name, module, _ in _variants(kind):
         assert check_short_utt(module, limit - 1) == (True, limit), name
         assert check_short_utt(module, limit) == (False, -1), name
         x = torch.rand(1, limit, IDIM)
@@ -508,7 +557,7 @@ def test_check_short_utt(kind):
 def test_uniform_batch_mask_matches_conv_length(kind):
     for t_in in (40, 57):
         expected = conv_output_sizes(kind, IDIM, t_in)[-1][0]
-        for name, module in _variants(kind):
+        for name, module, _ in _variants(kind):
             y, y_mask = module(torch.rand(2, t_in, IDIM), torch.ones(2, 1, t_in, dtype=torch.bool))
             assert y.size(1) == y_mask.size(2) == expected, name
             assert y_mask.squeeze(1).sum(1).tolist() == [expected, expected], name
@@ -520,6 +569,6 @@ def test_padded_masks_equal_espnet(kind):
     ref = espnet_front(kind)
     x, mask = padded_batch(2, t=63, lengths=(63, 40, 22))
     _, ref_mask = ref(x, mask)
-    for name, module in _variants(kind):
+    for name, module, _ in _variants(kind):
         _, y_mask = module(x, mask)
         assert torch.equal(y_mask, ref_mask), name

@@ -8,7 +8,8 @@ shrunk :class:`PrunedTransformerDecoder`, ``numel()`` and torch's FLOP counter.
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Optional
+import pickle
+from typing import List, Optional
 
 import numpy as np
 import pytest
@@ -16,15 +17,15 @@ import torch
 import yaml
 
 import conftest  # noqa: F401 - NLTK_DATA stub before ESPnet is imported
-from conftest import TINY_CONF, build_asr, set_random_gates as set_random_encoder_gates
-from conftest import write_asr_config
+from conftest import TINY_CONF, assert_same_hyps, build_asr, espnet_beam, randomize_decoder
+from conftest import set_random_decoder_gates, write_asr_config
+from conftest import set_random_gates as set_random_encoder_gates
 from espnet.nets.batch_beam_search import BatchBeamSearch
 from espnet.nets.batch_beam_search_online_sim import BatchBeamSearchOnlineSim
 from espnet.nets.beam_search import BeamSearch
 from espnet.nets.pytorch_backend.transformer.embedding import ScaledPositionalEncoding
 from espnet.nets.pytorch_backend.transformer.mask import subsequent_mask
 from espnet.nets.scorers.ctc import CTCPrefixScorer
-from espnet.nets.scorers.length_bonus import LengthBonus
 from espnet2.asr.ctc import CTC
 from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 from espnet_prune.budget import expected_cost, kept_cost, select_units
@@ -38,6 +39,7 @@ from espnet_prune.decoder import (
 from espnet_prune.gated_decoder import (
     DECODER_GRANULARITIES,
     GatedDecoderLayer,
+    GatedOutputLinear,
     GatedTransformerDecoder,
 )
 from espnet_prune.targets import CostContext, TargetSelector
@@ -71,43 +73,26 @@ def open_all(dec: GatedTransformerDecoder) -> None:
         p.data.fill_(20.0)
 
 
-def set_random_gates(dec: GatedTransformerDecoder, seed: int, p_close: float = 0.3,
-                     p_kill_layer: float = 0.25) -> None:
-    """Random log_alpha: units spread out, some sublayers and some whole layers closed."""
-    g = torch.Generator().manual_seed(seed)
-    for layer in dec.decoders:
-        kill = torch.rand(1, generator=g).item() < p_kill_layer
-        for name, gate in layer.gates.items():
-            if gate.n == 1:
-                closed = kill or torch.rand(1, generator=g).item() < p_close
-                la = torch.full((1,), -10.0 if closed else 5.0)
-            else:
-                la = torch.randn(gate.n, generator=g) * 3.0
-                sublayer = next(s for s, f in SUBLAYERS.items() if f[0] == name)
-                if kill and sublayer not in layer.gates:
-                    la = torch.full((gate.n,), -10.0)
-            gate.log_alpha.data.copy_(la)
-
-
 def eval_values(dec: GatedTransformerDecoder):
     """Per layer and sublayer: (value of every unit, 0 for removed ones (n,), branch scale),
     read off the selection and the gates' open medians (independently of the masks code)."""
     keep = dec.eval_selection()
+    dtype = next(dec.parameters()).dtype
     out = []
     for i, layer in enumerate(dec.decoders):
         per = {}
         for name, (unit_gate, attr, _, _) in SUBLAYERS.items():
             module = getattr(layer, attr)
             n = module.h if name != "ffn" else module.w_1.out_features
-            unit = torch.ones(n)
-            scale = torch.tensor(1.0)
+            unit = torch.ones(n, dtype=dtype)
+            scale = torch.tensor(1.0, dtype=dtype)
             if (i, name) in keep:
                 idx = keep[(i, name)]
                 if unit_gate in layer.gates:
-                    unit = torch.zeros(n)
+                    unit = torch.zeros(n, dtype=dtype)
                     unit[idx] = layer.gates[unit_gate].open_median().detach()[idx]
                 if idx.numel() == 0:
-                    scale = torch.tensor(0.0)
+                    scale = torch.tensor(0.0, dtype=dtype)
                 elif name in layer.gates:
                     scale = layer.gates[name].open_median().detach()[0]
             per[name] = (unit, scale)
@@ -115,22 +100,49 @@ def eval_values(dec: GatedTransformerDecoder):
     return out
 
 
-def folded_reference(dec: GatedTransformerDecoder) -> TransformerDecoder:
-    """ESPnet ``TransformerDecoder`` computing the gated decoder's eval-mode function: each
-    head's / unit's ``linear_out`` / ``w_2`` columns times its value, the sublayer scale
-    folded into weight and bias (removed units and sublayers are zeros)."""
-    ref = TransformerDecoder(V, D, **dec.transformer_conf).eval()
+def applied_values(dec: GatedTransformerDecoder):
+    """The masks the last call put on the closing projections (train mode: the samples),
+    in the form of :func:`eval_values`."""
+    out = []
+    for layer in dec.decoders:
+        per = {}
+        for name, (_, attr, _, _) in SUBLAYERS.items():
+            module = getattr(layer, attr)
+            lin = module.w_2 if name == "ffn" else module.linear_out
+            step = 1 if name == "ffn" else module.d_k
+            mask, scale = lin.input_mask, lin.output_scale
+            unit = torch.ones(lin.in_features // step) if mask is None else mask.detach()[::step].clone()
+            per[name] = (unit, torch.tensor(1.0) if scale is None else scale.detach().clone())
+        out.append(per)
+    return out
+
+
+def folded_reference(dec: GatedTransformerDecoder, values=None, hooks: bool = False) -> TransformerDecoder:
+    """ESPnet ``TransformerDecoder`` computing the gated decoder's function under ``values``
+    (default: :func:`eval_values`, the eval-mode function): each head's / unit's
+    ``linear_out`` / ``w_2`` columns times its value, the sublayer scale on weight and bias
+    (removed units and sublayers are zeros). Folded into the weights, or, with ``hooks``,
+    applied to the input and output of those projections (the dense weights unchanged, so
+    that gradients compare by name)."""
+    param = next(dec.parameters())
+    ref = TransformerDecoder(dec.dims.vocab_size, dec.dims.attention_dim, **dec.transformer_conf)
+    ref = ref.to(param.dtype).train(dec.training)
     ref.load_state_dict({k: v for k, v in dec.state_dict().items() if ".gates." not in k})
     with torch.no_grad():
-        for ref_layer, per in zip(ref.decoders, eval_values(dec)):
+        for ref_layer, per in zip(ref.decoders, eval_values(dec) if values is None else values):
             for name, (unit, scale) in per.items():
                 module = getattr(ref_layer, SUBLAYERS[name][1])
                 if name == "ffn":
                     lin, cols = module.w_2, unit
                 else:
                     lin, cols = module.linear_out, unit.repeat_interleave(module.d_k)
-                lin.weight.mul_(cols[None, :] * scale)
-                lin.bias.mul_(scale)
+                cols, scale = cols.to(param.dtype), scale.to(param.dtype)
+                if hooks:
+                    lin.register_forward_pre_hook(lambda m, inp, c=cols: (inp[0] * c,))
+                    lin.register_forward_hook(lambda m, inp, out, s=scale: out * s)
+                else:
+                    lin.weight.mul_(cols[None, :] * scale)
+                    lin.bias.mul_(scale)
     return ref
 
 
@@ -153,21 +165,7 @@ def maxdiff(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def _beam(cls, dec, beam: int, ctc: Optional[CTC] = None):
-    scorers: Dict[str, object] = dict(decoder=dec, length_bonus=LengthBonus(V))
-    weights = dict(decoder=1.0, length_bonus=0.1)
-    if ctc is not None:
-        scorers["ctc"] = CTCPrefixScorer(ctc, EOS)
-        weights = dict(decoder=0.7, ctc=0.3, length_bonus=0.1)
-    return cls(beam_size=beam, weights=weights, scorers=scorers, sos=EOS, eos=EOS, vocab_size=V,
-               token_list=[f"t{i}" for i in range(V)],
-               pre_beam_score_key=None if ctc is None else "full")
-
-
-def assert_same_hyps(ref_hyps, our_hyps, tol: float) -> None:
-    assert len(ref_hyps) == len(our_hyps) > 0
-    for h1, h2 in zip(ref_hyps, our_hyps):
-        assert h1.yseq.tolist() == h2.yseq.tolist()
-        assert abs(float(h1.score) - float(h2.score)) <= tol
+    return espnet_beam(cls, dec, beam, V, ctc)
 
 
 # =============================================================================
@@ -288,9 +286,9 @@ def test_open_gates_beam_search_equals_espnet(cls, with_ctc):
         ctc = CTC(V, D).eval()
     x = torch.randn(30, D, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
-        hyp_r = _beam(cls, ref, 4, ctc).eval()(x=x, maxlenratio=0.0, minlenratio=0.0)
-        hyp_g = _beam(cls, gated, 4, ctc).eval()(x=x, maxlenratio=0.0, minlenratio=0.0)
-    assert_same_hyps(hyp_r, hyp_g, OPEN_TOL)
+        hyp_r = _beam(cls, ref, 4, ctc)(x=x, maxlenratio=0.0, minlenratio=0.0)
+        hyp_g = _beam(cls, gated, 4, ctc)(x=x, maxlenratio=0.0, minlenratio=0.0)
+    assert_same_hyps(hyp_r, hyp_g, TOL)  # float32 sums over ~20 steps of scores near -30
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
@@ -322,7 +320,7 @@ SEEDS = [0, 1, 2, 3, 4]
 def test_gated_eval_equals_shrunk(seed):
     ref = dense_reference(seed)
     gated = gated_copy(ref)
-    set_random_gates(gated, seed)
+    set_random_decoder_gates(gated, seed)
     gated.eval()
     shrunk, conf = gated.shrink()
     assert type(shrunk) is PrunedTransformerDecoder and not shrunk.training
@@ -354,7 +352,7 @@ def test_random_gates_remove_sublayers_and_layers():
     for seed in SEEDS:
         ref = dense_reference(seed)
         gated = gated_copy(ref)
-        set_random_gates(gated, seed)
+        set_random_decoder_gates(gated, seed)
         gated.eval()
         for s in gated.structure():
             removed_layers += s.removed
@@ -367,7 +365,7 @@ def test_gated_eval_scores_equal_folded_espnet(seed):
     """Incremental decoding (run by the shrunk decoder) against ESPnet's own decoding code."""
     ref = dense_reference(seed)
     gated = gated_copy(ref)
-    set_random_gates(gated, seed)
+    set_random_decoder_gates(gated, seed)
     gated.eval()
     folded = folded_reference(gated)
     mem, hlens, ys, _ = padded_batch(seed + 10)
@@ -397,7 +395,7 @@ def test_gated_eval_scores_equal_folded_espnet(seed):
 def test_gated_eval_beam_search_equals_shrunk_and_folded_espnet(seed, cls):
     ref = dense_reference(seed)
     gated = gated_copy(ref)
-    set_random_gates(gated, seed)
+    set_random_decoder_gates(gated, seed)
     gated.eval()
     shrunk, _ = gated.shrink()
     folded = folded_reference(gated)
@@ -405,7 +403,7 @@ def test_gated_eval_beam_search_equals_shrunk_and_folded_espnet(seed, cls):
     ctc = CTC(V, D).eval()
     x = torch.randn(25, D, generator=torch.Generator().manual_seed(seed + 20))
     with torch.no_grad():
-        hyps = [_beam(cls, dec, 5, ctc).eval()(x=x, maxlenratio=0.0, minlenratio=0.0)
+        hyps = [_beam(cls, dec, 5, ctc)(x=x, maxlenratio=0.0, minlenratio=0.0)
                 for dec in (gated, shrunk, folded)]
     assert_same_hyps(hyps[1], hyps[0], TOL)
     assert_same_hyps(hyps[2], hyps[0], TOL)
@@ -414,7 +412,7 @@ def test_gated_eval_beam_search_equals_shrunk_and_folded_espnet(seed, cls):
 def test_decoding_copy_follows_gates_weights_and_selector():
     ref = dense_reference(7)
     gated = gated_copy(ref)
-    set_random_gates(gated, 7)
+    set_random_decoder_gates(gated, 7)
     gated.eval()
     x = torch.randn(9, D)
     ys = torch.tensor([EOS, 3, 5])
@@ -433,13 +431,25 @@ def test_decoding_copy_follows_gates_weights_and_selector():
         dense.load_state_dict({k: v for k, v in gated.state_dict().items() if ".gates." not in k})
         assert maxdiff(after_gates, dense.score(ys, None, x)[0]) <= OPEN_TOL
         # a selector aiming at half the decoder's parameters takes over eval mode
-        set_random_gates(gated, 7)
+        set_random_decoder_gates(gated, 7)
         TargetSelector({"decoder": gated}, "params", 0.5).attach()
         assert gated.structure() != [DecoderLayerStructure(4, 4, 24)] * 3
         assert maxdiff(gated.score(ys, None, x)[0], folded_reference(gated).score(ys, None, x)[0]) <= TOL
     assert maxdiff(before, after_weight) > 1e-3
-    # copies and pickles carry neither masks nor the decoding copy
-    copy.deepcopy(gated)
+    # copies and pickles carry neither masks nor the decoding copy, and compute the same
+    mem, hlens, ys_pad, ylens = padded_batch(7)
+    with torch.no_grad():
+        out, _ = gated(mem, hlens, ys_pad, ylens)  # teacher forcing leaves its masks on the layers
+        expected = gated.score(ys, None, x)[0]  # and decoding builds the shrunk copy
+    closing = [m for m in gated.modules() if isinstance(m, GatedOutputLinear)]
+    assert gated._shrunk_cache is not None and all(m.input_mask is not None for m in closing)
+    for clone in (copy.deepcopy(gated), pickle.loads(pickle.dumps(gated))):
+        assert clone._shrunk_cache is None
+        assert all(m.input_mask is None and m.output_scale is None
+                   for m in clone.modules() if isinstance(m, GatedOutputLinear))
+        with torch.no_grad():
+            assert maxdiff(clone.score(ys, None, x)[0], expected) <= TOL
+            assert maxdiff(valid(clone(mem, hlens, ys_pad, ylens)[0], ylens), valid(out, ylens)) <= TOL
 
 
 # =============================================================================
@@ -516,7 +526,7 @@ def test_gradient_checkpointing_gives_the_same_gradients():
 def test_kept_cost_is_the_shrunk_decoders_params_and_macs(granularities, seed):
     ref = dense_reference(seed, qk_norm=seed == 1)
     gated = gated_copy(ref, gate_granularities=granularities, qk_norm=seed == 1)
-    set_random_gates(gated, seed)
+    set_random_decoder_gates(gated, seed)
     gated.eval()
     ctx = CostContext(tokens=4, memory_frames=13)
     g = torch.Generator().manual_seed(seed)
@@ -544,7 +554,7 @@ def test_kept_cost_is_the_shrunk_decoders_params_and_macs(granularities, seed):
 def test_macs_are_what_torch_counts():
     """utterance MACs of the kept structure == torch's FLOP counter on the shrunk decoder."""
     gated = gated_copy(dense_reference(6))
-    set_random_gates(gated, 1)
+    set_random_decoder_gates(gated, 1)
     gated.eval()
     tokens, frames = 3, 9
     groups, constant = gated.unit_groups("macs", "model", CostContext(tokens=tokens, memory_frames=frames))
@@ -557,7 +567,7 @@ def test_macs_are_what_torch_counts():
 
 def test_without_a_selector_eval_aims_at_the_expected_params():
     gated = gated_copy(dense_reference(8))
-    set_random_gates(gated, 3)
+    set_random_decoder_gates(gated, 3)
     gated.eval()
     selector = gated.selector()
     assert isinstance(selector, TargetSelector) and selector.parts == {"decoder": gated}
@@ -574,26 +584,119 @@ def test_without_a_selector_eval_aims_at_the_expected_params():
 # =============================================================================
 
 TOKENS = ["<blank>", "a", "b", "c", "unk", "<eos>"]
+DTYPE_TOL = {torch.float32: TOL, torch.float64: 1e-9}
+
+
+def set_saturated_gates(dec: GatedTransformerDecoder, seed: int) -> None:
+    """Random gates at log_alpha = +-30: every train-mode sample is exactly 1 or 0 (u is
+    clamped to [1e-6, 1 - 1e-6], so |logit(u)| < 14 cannot move a sample across)."""
+    g = torch.Generator().manual_seed(seed)
+    for layer in dec.decoders:
+        for gate in layer.gates.values():
+            opened = torch.rand(gate.n, generator=g) < (0.8 if gate.n == 1 else 0.6)
+            gate.log_alpha.data.copy_(torch.where(opened, 30.0, -30.0))
+
+
+def saturated_values(dec: GatedTransformerDecoder):
+    """The function of saturated gates, read off the signs of log_alpha: open units at 1,
+    closed at 0; a sublayer with no open unit, or a closed sublayer gate, is removed."""
+    out = []
+    for layer in dec.decoders:
+        per = {}
+        for name, (unit_gate, attr, _, _) in SUBLAYERS.items():
+            module = getattr(layer, attr)
+            n = module.w_1.out_features if name == "ffn" else module.h
+            unit = (layer.gates[unit_gate].log_alpha.detach() > 0).float() if unit_gate in layer.gates \
+                else torch.ones(n)
+            scale = float(layer.gates[name].log_alpha.item() > 0) if name in layer.gates else 1.0
+            per[name] = (unit, torch.tensor(scale if unit.any() else 0.0))
+        out.append(per)
+    return out
 
 
 def _espnet_style(vocab: int, dim: int, gates: str, **kw) -> GatedTransformerDecoder:
+    """ESPnet's test decoder (six layers, 10 FFN units) with large random weights; dropout
+    off so that in train mode only the gates are random."""
     kw.setdefault("linear_units", 10)
-    dec = GatedTransformerDecoder(vocab, dim, **kw)
+    kw.setdefault("dropout_rate", 0.0)
+    kw.setdefault("positional_dropout_rate", 0.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # the initial gates (init_std) are drawn from torch's RNG
+        dec = randomize_decoder(GatedTransformerDecoder(vocab, dim, **kw), 0)
     if gates == "random":
-        set_random_gates(dec, 1)
+        set_random_decoder_gates(dec, 1)
+    elif gates == "saturated":
+        set_saturated_gates(dec, 1)
     return dec
+
+
+def _reference(dec: GatedTransformerDecoder) -> TransformerDecoder:
+    """What the gated decoder computes in its mode (train mode: saturated gates only)."""
+    if dec.training:
+        return folded_reference(dec, saturated_values(dec)).eval()
+    return folded_reference(dec)
 
 
 @pytest.mark.parametrize("input_layer", ["linear", "embed"])
 @pytest.mark.parametrize("use_output_layer", [True, False])
 @pytest.mark.parametrize("gates", ["init", "random"])
 def test_espnet_backward(input_layer, use_output_layer, gates):
-    decoder = _espnet_style(10, 12, gates, input_layer=input_layer, use_output_layer=use_output_layer)
-    x = torch.randn(2, 9, 12)
-    x_lens = torch.tensor([9, 7], dtype=torch.long)
-    t = torch.randint(0, 10, [2, 4]) if input_layer == "embed" else torch.randn(2, 4, 10)
-    z_all, _ = decoder(x, x_lens, t, torch.tensor([4, 3], dtype=torch.long))
-    z_all.sum().backward()
+    """Train mode (float64): outputs and gradients of the weights and of the memory equal
+    ESPnet's decoder carrying the sampled masks; log_alpha's gradient equals central finite
+    differences of the same samples (same seed)."""
+    dec = _espnet_style(10, 12, gates, input_layer=input_layer,
+                        use_output_layer=use_output_layer).double().train()
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 9, 12, generator=g, dtype=torch.float64)
+    x_lens, t_lens = torch.tensor([9, 7]), torch.tensor([4, 3])
+    t = torch.randint(0, 10, [2, 4], generator=g) if input_layer == "embed" else \
+        torch.randn(2, 4, 10, generator=g, dtype=torch.float64)
+
+    def loss(decoder, memory: torch.Tensor) -> torch.Tensor:
+        torch.manual_seed(3)  # the same gate samples on every call
+        return decoder(memory, x_lens, t, t_lens)[0].sum()
+
+    xs = x.clone().requires_grad_()
+    loss(dec, xs).backward()
+    ref = folded_reference(dec, applied_values(dec), hooks=True)
+    xr = x.clone().requires_grad_()
+    loss(ref, xr).backward()
+    tol = DTYPE_TOL[torch.float64]
+    with torch.no_grad():
+        assert abs(float(loss(dec, x) - loss(ref, x))) <= tol * 1e3
+    assert maxdiff(xs.grad, xr.grad) <= tol and float(xs.grad.abs().max()) > 0.1
+    ref_grads = dict(ref.named_parameters())
+    for name, p in dec.named_parameters():
+        if ".gates." not in name:
+            assert maxdiff(p.grad, ref_grads[name].grad) <= tol, name
+
+    # log_alpha: entries whose sample was strictly inside (0, 1) (their gradient is not 0),
+    # and a few others, by central differences of the loss with the same samples
+    values = applied_values(dec)
+    entries, inside = [], []
+    for i, layer in enumerate(dec.decoders):
+        for gname, gate in layer.gates.items():
+            if gname in SUBLAYERS:
+                sample = values[i][gname][1].reshape(1)
+            else:
+                sample = values[i][next(s for s, f in SUBLAYERS.items() if f[0] == gname)][0]
+            for e in range(gate.n):
+                (inside if 0 < sample[e] < 1 else entries).append((gate.log_alpha, e))
+    picked = [inside[k] for k in torch.randperm(len(inside), generator=g)[:4]]
+    picked += [entries[k] for k in torch.randperm(len(entries), generator=g)[:2]]
+    eps, fd = 1e-5, []
+    with torch.no_grad():
+        for p, e in picked:
+            up_down = []
+            for sign in (1, -1):
+                p.view(-1)[e] += sign * eps
+                up_down.append(float(loss(dec, x)))
+                p.view(-1)[e] -= sign * eps
+            fd.append((up_down[0] - up_down[1]) / (2 * eps))
+    fd = torch.tensor(fd, dtype=torch.float64)
+    analytic = torch.stack([p.grad.view(-1)[e] for p, e in picked])
+    assert (analytic - fd).abs().max() <= 1e-5 * (1 + fd.abs().max())
+    assert fd.abs().max() > 1e-2  # some sampled gates are strictly inside (0, 1)
 
 
 def test_espnet_post_norm_is_rejected():
@@ -602,13 +705,23 @@ def test_espnet_post_norm_is_rejected():
 
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
-def test_espnet_init_state(mode):
-    decoder = _espnet_style(10, 12, "random").train(mode == "train")
-    x = torch.randn(9, 12)
-    state = decoder.init_state(x)
-    t = torch.randint(0, 10, [4], dtype=torch.long)
-    logp, _ = decoder.score(t, state, x)
-    assert logp.shape == (10,)
+@pytest.mark.parametrize("gates", ["init", "random"])
+def test_espnet_init_state(mode, gates):
+    """``init_state`` then ``score``: ESPnet's log-probs of the folded eval-mode decoder, or
+    in train mode of ESPnet's decoder carrying the masks sampled for that call."""
+    decoder = _espnet_style(10, 12, gates).train(mode == "train")
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(9, 12, generator=g)
+    t = torch.randint(0, 10, [4], generator=g)
+    with torch.no_grad():
+        state = decoder.init_state(x)
+        logp, new_state = decoder.score(t, state, x)
+        values = applied_values(decoder) if mode == "train" else None
+        ref = folded_reference(decoder, values).eval()
+        assert logp.shape == (10,) and maxdiff(logp, ref.score(t, ref.init_state(x), x)[0]) <= TOL
+        if mode == "eval":  # the state continues the hypothesis
+            t5 = torch.cat([t, torch.tensor([3])])
+            assert maxdiff(decoder.score(t5, new_state, x)[0], ref.score(t5, None, x)[0]) <= TOL
 
 
 def test_espnet_invalid_type():
@@ -616,61 +729,75 @@ def test_espnet_invalid_type():
         GatedTransformerDecoder(10, 12, input_layer="foo")
 
 
+#: eval mode with initial or random gates; train mode with saturated gates (deterministic)
+MODES_GATES = [("eval", "init"), ("eval", "random"), ("train", "saturated")]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("maxlenratio", [1.0, 0.0, -1.0])
-@pytest.mark.parametrize("gates", ["init", "random"])
-@pytest.mark.parametrize("mode", ["train", "eval"])
-def test_espnet_beam_search(dtype, maxlenratio, gates, mode):
+@pytest.mark.parametrize("mode,gates", MODES_GATES)
+def test_espnet_beam_search(dtype, maxlenratio, mode, gates):
+    """ESPnet's BeamSearch: the hypotheses and scores of ESPnet's decoder with the gates folded."""
     vocab = len(TOKENS)
-    decoder = _espnet_style(vocab, 4, gates).train(mode == "train")
-    beam = BeamSearch(beam_size=3, vocab_size=vocab, weights={"test": 1.0},
-                      scorers={"test": decoder}, token_list=TOKENS, sos=vocab - 1,
-                      eos=vocab - 1, pre_beam_score_key=None)
-    beam.to(dtype=dtype)
-    decoder.train(mode == "train")
-    enc = torch.randn(10, 4).type(dtype)
-    with torch.no_grad():
-        beam(x=enc, maxlenratio=maxlenratio, minlenratio=0.0)
+    decoder = _espnet_style(vocab, 4, gates).to(dtype).train(mode == "train")
+    hyps = []
+    for dec in (decoder, _reference(decoder)):
+        beam = BeamSearch(beam_size=3, vocab_size=vocab, weights={"test": 1.0},
+                          scorers={"test": dec}, token_list=TOKENS, sos=vocab - 1,
+                          eos=vocab - 1, pre_beam_score_key=None)
+        beam.to(dtype=dtype)
+        enc = torch.randn(10, 4, generator=torch.Generator().manual_seed(5)).type(dtype)
+        with torch.no_grad():
+            hyps.append(beam(x=enc, maxlenratio=maxlenratio, minlenratio=0.0))
+    assert decoder.training == (mode == "train")
+    assert_same_hyps(hyps[1], hyps[0], DTYPE_TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("gates", ["init", "random"])
-@pytest.mark.parametrize("mode", ["train", "eval"])
-def test_espnet_batch_beam_search(dtype, gates, mode):
+@pytest.mark.parametrize("mode,gates", MODES_GATES)
+def test_espnet_batch_beam_search(dtype, mode, gates):
+    """ESPnet's BatchBeamSearch: the hypotheses and scores of ESPnet's decoder with the gates folded."""
     vocab = len(TOKENS)
-    decoder = _espnet_style(vocab, 4, gates)
-    beam = BatchBeamSearch(beam_size=3, vocab_size=vocab, weights={"test": 1.0},
-                           scorers={"test": decoder}, token_list=TOKENS, sos=vocab - 1,
-                           eos=vocab - 1, pre_beam_score_key=None)
-    beam.to(dtype=dtype)
-    decoder.train(mode == "train")
-    enc = torch.randn(10, 4).type(dtype)
-    with torch.no_grad():
-        beam(x=enc, maxlenratio=0.0, minlenratio=0.0)
+    decoder = _espnet_style(vocab, 4, gates).to(dtype).train(mode == "train")
+    hyps = []
+    for dec in (decoder, _reference(decoder)):
+        beam = BatchBeamSearch(beam_size=3, vocab_size=vocab, weights={"test": 1.0},
+                               scorers={"test": dec}, token_list=TOKENS, sos=vocab - 1,
+                               eos=vocab - 1, pre_beam_score_key=None)
+        beam.to(dtype=dtype)
+        enc = torch.randn(10, 4, generator=torch.Generator().manual_seed(6)).type(dtype)
+        with torch.no_grad():
+            hyps.append(beam(x=enc, maxlenratio=0.0, minlenratio=0.0))
+    assert decoder.training == (mode == "train")
+    assert_same_hyps(hyps[1], hyps[0], DTYPE_TOL[dtype])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("gates", ["init", "random"])
 def test_espnet_batch_beam_search_online_sim(dtype, gates, tmp_path):
+    """ESPnet's block-wise streaming simulation with CTC, eval mode: the folded ESPnet
+    decoder's hypotheses and scores."""
     vocab = len(TOKENS)
-    decoder = _espnet_style(vocab, 8, gates)
-    ctc = CTC(odim=vocab, encoder_output_size=8)
-    ctc.to(dtype)
-    beam = BatchBeamSearchOnlineSim(
-        beam_size=3, vocab_size=vocab, weights={"test": 0.7, "ctc": 0.3},
-        scorers={"test": decoder, "ctc": CTCPrefixScorer(ctc=ctc, eos=vocab - 1)},
-        token_list=TOKENS, sos=vocab - 1, eos=vocab - 1, pre_beam_score_key=None)
+    decoder = _espnet_style(vocab, 8, gates).to(dtype).eval()
+    torch.manual_seed(7)
+    ctc = CTC(odim=vocab, encoder_output_size=8).to(dtype).eval()
     config = tmp_path / "config.yaml"
     config.write_text("encoder_conf:\n    block_size: 4\n    hop_size: 2\n    look_ahead: 1\n")
-    beam.set_streaming_config(config)
-    beam.set_block_size(4)
-    beam.set_hop_size(2)
-    beam.set_look_ahead(1)
-    beam.to(dtype=dtype)
-    decoder.eval()
-    enc = torch.randn(10, 8).type(dtype)
-    with torch.no_grad():
-        beam(x=enc, maxlenratio=0.0, minlenratio=0.0)
+    hyps = []
+    for dec in (decoder, _reference(decoder)):
+        beam = BatchBeamSearchOnlineSim(
+            beam_size=3, vocab_size=vocab, weights={"test": 0.7, "ctc": 0.3},
+            scorers={"test": dec, "ctc": CTCPrefixScorer(ctc=ctc, eos=vocab - 1)},
+            token_list=TOKENS, sos=vocab - 1, eos=vocab - 1, pre_beam_score_key=None)
+        beam.set_streaming_config(config)
+        beam.set_block_size(4)
+        beam.set_hop_size(2)
+        beam.set_look_ahead(1)
+        beam.to(dtype=dtype)
+        enc = torch.randn(10, 8, generator=torch.Generator().manual_seed(8)).type(dtype)
+        with torch.no_grad():
+            hyps.append(beam(x=enc, maxlenratio=0.0, minlenratio=0.0))
+    assert_same_hyps(hyps[1], hyps[0], DTYPE_TOL[dtype])
 
 
 # =============================================================================
@@ -700,7 +827,7 @@ def gated_asr(tmp_path, monkeypatch):
             if "log_alpha" not in name:
                 p.normal_(0.0, 0.3)
     set_random_encoder_gates(model.encoder, 1)
-    set_random_gates(model.decoder, 2, p_kill_layer=0.0)
+    set_random_decoder_gates(model.decoder, 2, p_kill_layer=0.0)
     return model.eval(), args
 
 
@@ -715,6 +842,63 @@ def _shrink_model(model, args):
     return shrunk.eval(), new_args
 
 
+def _dense_twin(args) -> torch.nn.Module:
+    """The dense ESPnet model of the same configuration (conformer, transformer)."""
+    from espnet2.tasks.asr import ASRTask
+
+    dense_args = copy.copy(args)
+    dense_args.encoder, dense_args.decoder = "conformer", "transformer"
+    return ASRTask.build_model(dense_args).eval()
+
+
+def half_largest_unit(dense: torch.nn.Module, metric: str, frames: int = 0, tokens: int = 0) -> float:
+    """Half the most one prunable unit (head, FFN unit, conv channel, front-end channel) can
+    cost, its sublayer's shared part included: the exact-target rule's guaranteed error
+    (``budget.py``), counted on the dense ESPnet model without the code under test.
+
+    A unit's share of its sublayer is the module's cost over its unit count, plus the closing
+    bias and the norm (params); a front-end channel's is its share of its conv and of the
+    layer that reads it. Costs: ``numel`` (params), or torch's FLOP counter / 2 (MACs) for
+    the encoder on ``frames`` frames and the decoder by teacher forcing on ``tokens`` tokens
+    (at least what incremental decoding with cached keys and values does).
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    enc, dec = dense.encoder, dense.decoder
+    if metric == "params":
+        def cost(module: torch.nn.Module) -> float:
+            return float(sum(p.numel() for p in module.parameters()))
+    else:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            memory, mlens, _ = enc(torch.zeros(1, frames, 20), torch.tensor([frames]))
+            dec(memory, mlens, torch.zeros(1, tokens, dtype=torch.long), torch.tensor([tokens]))
+        flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+        names = {id(m): f"{type(root).__name__}.{n}" for root in (enc, dec) for n, m in root.named_modules()}
+
+        def cost(module: torch.nn.Module) -> float:
+            return flops.get(names[id(module)], 0) / 2
+
+    sublayers = []
+    for b in enc.encoders:
+        sublayers += [(b.feed_forward_macaron, b.norm_ff_macaron, b.feed_forward_macaron.w_2,
+                       b.feed_forward_macaron.w_1.out_features),
+                      (b.self_attn, b.norm_mha, b.self_attn.linear_out, b.self_attn.h),
+                      (b.conv_module, b.norm_conv, b.conv_module.pointwise_conv2,
+                       b.conv_module.pointwise_conv2.in_channels),
+                      (b.feed_forward, b.norm_ff, b.feed_forward.w_2, b.feed_forward.w_1.out_features)]
+    for layer in dec.decoders:
+        sublayers += [(layer.self_attn, layer.norm1, layer.self_attn.linear_out, layer.self_attn.h),
+                      (layer.src_attn, layer.norm2, layer.src_attn.linear_out, layer.src_attn.h),
+                      (layer.feed_forward, layer.norm3, layer.feed_forward.w_2,
+                       layer.feed_forward.w_1.out_features)]
+    shares = [cost(module) / n + (closing.bias.numel() + cost(norm) if metric == "params" else 0.0)
+              for module, norm, closing, n in sublayers]
+    convs = [m for m in enc.embed.conv if isinstance(m, torch.nn.Conv2d)]
+    for conv, reader in zip(convs, convs[1:] + [enc.embed.out[0]]):
+        shares.append((cost(conv) + cost(reader)) / conv.out_channels)
+    return max(shares) / 2
+
+
 @pytest.mark.parametrize("target", [0.3, 0.5])
 def test_whole_model_params_target_with_gated_decoder(gated_asr, target):
     from espnet_prune.targets import build_selector, model_params
@@ -725,6 +909,11 @@ def test_whole_model_params_target_with_gated_decoder(gated_asr, target):
     assert model.decoder.eval_selector is selector
     assert selector.dense_cost() == model_params(model)
     assert abs(selector.achieved_sparsity() - target) <= selector.error_bound()
+    # a fixed cap: half the largest unit, counted on the dense ESPnet model
+    dense = _dense_twin(args)
+    assert sum(p.numel() for p in dense.parameters()) == selector.dense_cost()
+    cap = half_largest_unit(dense, "params") / selector.dense_cost()
+    assert abs(selector.achieved_sparsity() - target) <= cap and selector.error_bound() <= cap
     shrunk, _ = _shrink_model(model, args)
     assert sum(p.numel() for p in shrunk.parameters()) == selector.achieved_cost()
     dec_params = sum(p.numel() for p in shrunk.decoder.parameters())
@@ -749,6 +938,14 @@ def test_whole_model_macs_target_with_gated_decoder(gated_asr):
     dec = shrunk.decoder.cost(memory_frames=t_enc, tokens=7)["utterance_macs"]
     assert selector.achieved_cost() == enc_macs + ctc + dec
     assert abs(selector.achieved_sparsity() - 0.4) <= selector.error_bound()
+    # a fixed cap: half the largest unit, counted on the dense ESPnet model
+    dense = _dense_twin(args)
+    dense_dec = PrunedTransformerDecoder.from_transformer_decoder(dense.decoder)
+    dense_macs = (count_encoder_macs(dense.encoder, 20, ctx.input_frames) + ctc
+                  + dense_dec.cost(memory_frames=t_enc, tokens=7)["utterance_macs"])
+    assert selector.dense_cost() == dense_macs
+    cap = half_largest_unit(dense, "macs", ctx.input_frames, 7) / dense_macs
+    assert abs(selector.achieved_sparsity() - 0.4) <= cap and selector.error_bound() <= cap
 
 
 def test_speech2text_decodes_gated_and_shrunk_identically(gated_asr, tmp_path):

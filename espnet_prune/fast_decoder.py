@@ -50,7 +50,6 @@ from espnet_prune.decoder_layer import cached_query, run_sublayers
 from espnet_prune.fast_attention import (
     LayerKV,
     MemoryKVCache,
-    _CacheEntry,
     cached_self_attention,
     memory_rows,
     source_attention,
@@ -217,10 +216,6 @@ class FastTransformerDecoder(TransformerDecoder):
     def clear_memory_cache(self) -> None:
         """Forget the cached memory keys and values."""
         self.memory_cache.clear()
-
-    @property
-    def _memory_kv_cache(self) -> Optional[_CacheEntry]:  # TRANSITIONAL: tests not yet moved
-        return self.memory_cache._entry
 
     def memory_kv(self, rows: Tensor) -> LayerKV:
         """Per layer ``(K, V)`` ``(U, heads, T, d_k)`` of memory rows ``(U, T, d)``, cached

@@ -39,7 +39,7 @@ A sublayer whose unit gates are all closed is removed with its bias.
   a layer with nothing left is skipped. ``forward`` applies these masks to the dense
   weights; incremental decoding (``score``, ``batch_score``, ``forward_one_step``,
   ``init_state`` ..., used by ESPnet's ``BeamSearch`` and ``Speech2Text``) runs the shrunk
-  :class:`~espnet_prune.decoder.PrunedTransformerDecoder` (:meth:`GatedTransformerDecoder.shrink`),
+  :class:`~espnet_prune.pruned_decoder.PrunedTransformerDecoder` (:meth:`GatedTransformerDecoder.shrink`),
   built once and reused until the selection, a gate or a weight changes: the same function,
   with the fast decoder's memory key/value caching.
 
@@ -60,25 +60,23 @@ from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 
 from espnet_prune.blocks import MaskedInputLinear
 from espnet_prune.budget import UnitGroup, module_group
-from espnet_prune.decoder import (
-    SUBLAYERS,
-    DecoderDims,
+from espnet_prune.cost import (
     DecoderLayerCounts,
-    DecoderLayerStructure,
-    PrunedTransformerDecoder,
     decoder_cost,
     decoder_layer_memory_macs,
     decoder_layer_params,
     decoder_layer_token_macs,
-    slice_decoder_layer,
 )
+from espnet_prune.decoder_layer import slice_decoder_layer
+from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 from espnet_prune.gates import GateConfig, HardConcreteGate
 from espnet_prune.options import inherit_signature
+from espnet_prune.structure import SUBLAYERS, DecoderDims, DecoderLayerStructure
 
 Tensor = torch.Tensor
 
 #: Gate names: one unit gate per sublayer (the structure field of
-#: :data:`espnet_prune.decoder.SUBLAYERS`), then one gate per whole sublayer.
+#: :data:`espnet_prune.structure.SUBLAYERS`), then one gate per whole sublayer.
 DECODER_GRANULARITIES: Tuple[str, ...] = (
     "self_heads", "src_heads", "ffn_units", "self_attn", "src_attn", "ffn",
 )
@@ -183,7 +181,7 @@ class GatedDecoderLayer(DecoderLayer):
         return new.train(layer.training)
 
     def sublayer(self, name: str) -> torch.nn.Module:
-        """Sublayer named as in :data:`~espnet_prune.decoder.SUBLAYERS`."""
+        """Sublayer named as in :data:`~espnet_prune.structure.SUBLAYERS`."""
         return getattr(self, SUBLAYERS[name][1])
 
     # -- masks ------------------------------------------------------------------
@@ -265,7 +263,7 @@ class GatedDecoderLayer(DecoderLayer):
 
     @torch.no_grad()
     def shrunk(self, keep: Mapping[str, Tensor]) -> Optional[torch.nn.Module]:
-        """Physically smaller copy (:class:`~espnet_prune.decoder.PrunedDecoderLayer`) with
+        """Physically smaller copy (:class:`~espnet_prune.decoder_layer.PrunedDecoderLayer`) with
         the gate values folded into the closing projections, or None when nothing is kept."""
         d = self.decisions(keep)
         if all(x.keep.numel() == 0 for x in d.values()):
@@ -311,7 +309,7 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
         **transformer_kwargs: every ``TransformerDecoder`` option (dense sizes).
 
     Attributes:
-        dims: :class:`~espnet_prune.decoder.DecoderDims` of the dense decoder.
+        dims: :class:`~espnet_prune.structure.DecoderDims` of the dense decoder.
         eval_selector: the :class:`~espnet_prune.targets.TargetSelector` whose selection
             eval mode uses (``None`` until attached or first needed).
     """
@@ -362,7 +360,7 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
     ) -> "GatedTransformerDecoder":
         """Gated copy of a built dense ESPnet ``TransformerDecoder`` (every dense key
         loaded and checked; the gates start at ``gate_conf.init_keep_prob``)."""
-        from espnet_prune.decoder import transformer_options
+        from espnet_prune.structure import transformer_options
 
         if type(decoder) is not TransformerDecoder:
             raise TypeError(f"expected an ESPnet TransformerDecoder, got {type(decoder).__name__}")
@@ -397,7 +395,7 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
         ``src_attn`` or ``ffn``: its units are the heads / hidden units (score
         ``P(unit open) * P(sublayer open)``, presence ``P(sublayer open) * (1 - prod(1 -
         P(unit open)))``, both differentiable), or, with only a sublayer gate, one unit
-        costing the whole sublayer. Costs are exact (:func:`~espnet_prune.decoder.decoder_cost`):
+        costing the whole sublayer. Costs are exact (:func:`~espnet_prune.cost.decoder_cost`):
 
         * ``params``: parameters (per head: q/k/v rows and biases, ``linear_out`` columns;
           per sublayer: closing bias, LayerNorm, q/k norms with ``qk_norm``);
@@ -483,7 +481,7 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
         Args:
             keep: ``{(layer, sublayer): kept indices}`` (default: the eval selection).
         Returns:
-            the :class:`~espnet_prune.decoder.PrunedTransformerDecoder` (gate values folded
+            the :class:`~espnet_prune.pruned_decoder.PrunedTransformerDecoder` (gate values folded
             into ``linear_out`` / ``w_2``, state loaded with every key checked, same device,
             dtype and train/eval mode) and its ``decoder_conf`` (the dense options plus
             ``layer_structures``; ``decoder: pruned_transformer`` rebuilds the same shapes).
@@ -628,7 +626,7 @@ def _same_selection(a: Mapping[Hashable, Tensor], b: Mapping[Hashable, Tensor]) 
 def sublayer_costs(dims: DecoderDims, metric: str, ctx: Any) -> Dict[str, Tuple[float, float]]:
     """Per sublayer name, ``(cost of one kept unit, cost present with the sublayer)``.
 
-    Read off the cost model of :mod:`espnet_prune.decoder` (one layer, affine in the kept
+    Read off the cost model of :mod:`espnet_prune.cost` (one layer, affine in the kept
     counts): ``params`` from :func:`decoder_layer_params`; ``macs`` = the layer's share of
     ``utterance_macs`` (memory keys/values once, then ``ctx.tokens`` steps at prefix
     lengths 1..tokens against ``ctx.memory_frames`` frames).

@@ -164,7 +164,7 @@ def tiny_conf() -> Dict[str, Any]:
 def set_random_decoder_gates(dec, seed: int, p_close: float = 0.3, p_kill_layer: float = 0.25) -> None:
     """Random log_alpha of a GatedTransformerDecoder: units spread out, some sublayers and
     some whole layers closed."""
-    from espnet_prune.decoder import SUBLAYERS
+    from espnet_prune.structure import SUBLAYERS
 
     g = torch.Generator().manual_seed(seed)
     for layer in dec.decoders:

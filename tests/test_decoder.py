@@ -24,16 +24,12 @@ from espnet.nets.pytorch_backend.transformer.embedding import ScaledPositionalEn
 from espnet.nets.pytorch_backend.transformer.mask import subsequent_mask
 from espnet2.asr.ctc import CTC
 from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
-from espnet_prune import fast_decoder as decoder_mod
-from espnet_prune.decoder import (
-    DecoderDims,
-    DecoderLayerStructure,
-    DecoderState,
-    PrunedDecoderLayer,
-    PrunedTransformerDecoder,
-    decoder_cost,
-    slice_decoder_layer,
-)
+from espnet_prune import fast_decoder
+from espnet_prune.cost import decoder_cost
+from espnet_prune.decoder_layer import PrunedDecoderLayer, slice_decoder_layer
+from espnet_prune.fast_decoder import DecoderState
+from espnet_prune.pruned_decoder import PrunedTransformerDecoder
+from espnet_prune.structure import DecoderDims, DecoderLayerStructure
 
 V, D = 24, 16
 EOS = V - 1
@@ -285,7 +281,7 @@ def test_memory_cache_follows_changes_and_dies_with_the_tensor():
         assert len(seen) == 3
         del other
         gc.collect()
-        assert ours._memory_kv_cache is None  # gone with its tensor
+        assert ours.memory_cache.empty  # gone with its tensor
         # a new tensor at the address of a freed one is a new memory. Tensors made with
         # torch.from_numpy on one numpy buffer have the same address, offset, shape, stride
         # and version (0) but each has its own storage: the address is reused for certain.
@@ -296,7 +292,7 @@ def test_memory_cache_follows_changes_and_dies_with_the_tensor():
         assert len(seen) == 4
         del a
         gc.collect()
-        assert ours._memory_kv_cache is None  # forgotten when the storage was freed
+        assert ours.memory_cache.empty  # forgotten when the storage was freed
         buf *= -2.0
         b = torch.from_numpy(buf)
         assert b.data_ptr() == ptr and b._version == 0
@@ -317,7 +313,7 @@ def test_memory_cache_follows_changes_and_dies_with_the_tensor():
         assert close(out, ref.batch_score(ys, [None] * 2, c)[0])
         # init_state (start of an utterance in ESPnet's searches) forgets the memory
         ours.init_state(c[0])
-        assert ours._memory_kv_cache is None
+        assert ours.memory_cache.empty
 
 
 def test_expanded_memory_is_projected_once_and_reused_as_the_beam_shrinks():
@@ -353,7 +349,7 @@ def test_no_caching_under_autograd_and_gradients_match():
     ref.batch_score(ys, [None] * 2, memory)[0].sum().backward()
     assert close(g_ours, memory.grad)
     ours.batch_score(ys, [None] * 2, memory)
-    assert len(seen) == 2 and ours._memory_kv_cache is None
+    assert len(seen) == 2 and ours.memory_cache.empty
 
 
 def test_decoder_with_live_cache_pickles_and_deep_copies():
@@ -361,18 +357,18 @@ def test_decoder_with_live_cache_pickles_and_deep_copies():
     mem = torch.randn(1, 5, D)
     with torch.no_grad():
         ours.batch_score(torch.zeros(1, 1, dtype=torch.long), [None], mem)
-    assert ours._memory_kv_cache is not None
+    assert ours.memory_cache.empty is False
     for clone in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
-        assert clone._memory_kv_cache is None
+        assert clone.memory_cache.empty
         assert all(torch.equal(a, b) for a, b in zip(clone.state_dict().values(),
                                                       ours.state_dict().values()))
 
 
 def test_espnet_native_cache_is_used_when_espnet_has_it(monkeypatch):
     """With an ESPnet that caches the memory itself, dense layers run ESPnet's decoding."""
-    assert decoder_mod.espnet_caches_memory_kv() is False  # released 202511: it does not
+    assert fast_decoder.espnet_caches_memory_kv() is False  # released 202511: it does not
     ref = dense_reference(17)
-    monkeypatch.setattr(decoder_mod, "espnet_caches_memory_kv", lambda: True)
+    monkeypatch.setattr(fast_decoder, "espnet_caches_memory_kv", lambda: True)
     ours = fast_copy(ref)
     seen = _count_key_projections(ours)
     mem = torch.randn(9, D).expand(3, 9, D)
@@ -586,7 +582,7 @@ def test_from_transformer_decoder_checks_every_key():
     dict(use_output_layer=False),
 ])
 def test_cost_is_exact(variant):
-    from espnet_prune.decoder import count_decoder_macs
+    from espnet_prune.flops import count_decoder_macs
 
     g = torch.Generator().manual_seed(len(variant))
     for trial in range(3):
@@ -625,7 +621,7 @@ def test_cost_is_exact(variant):
 
 
 def test_expected_cost_with_probabilities_is_differentiable():
-    from espnet_prune.decoder import DecoderLayerCounts
+    from espnet_prune.cost import DecoderLayerCounts
 
     dims = DecoderDims(V, D, 4, 24, 2)
     p = torch.tensor([0.5, 0.8], requires_grad=True)

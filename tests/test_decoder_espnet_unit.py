@@ -26,7 +26,8 @@ from espnet.nets.pytorch_backend.transformer.mask import subsequent_mask
 from espnet.nets.scorers.ctc import CTCPrefixScorer
 from espnet2.asr.ctc import CTC
 from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
-from espnet_prune.decoder import PrunedTransformerDecoder, slice_decoder_layer
+from espnet_prune.decoder_layer import slice_decoder_layer
+from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 
 TOKENS = ["<blank>", "a", "b", "c", "unk", "<eos>"]
 

@@ -63,7 +63,7 @@ def test_speech2text_fast_decoding_identical(tmp_path):
     import espnet_prune
     from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 
-    from espnet_prune.decoder import PrunedTransformerDecoder
+    from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 
     d = _model_dir(tmp_path, "dense")
     plain, fast = _speech2text(d), _speech2text(d)
@@ -126,7 +126,7 @@ def _assert_same_decode(a, b) -> None:
 
 def test_asr_inference_fast_decoder_option(tmp_path, monkeypatch):
     from espnet_prune.bin import asr_inference
-    from espnet_prune.decoder import PrunedTransformerDecoder
+    from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 
     d = _model_dir(tmp_path, "dense")
     scp = _write_scp(tmp_path)
@@ -174,7 +174,7 @@ def test_quantized_decoder_falls_back_to_espnet(tmp_path, monkeypatch, caplog):
 
     import espnet_prune
     from espnet_prune.bin import asr_inference
-    from espnet_prune.decoder import PrunedTransformerDecoder
+    from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 
     d = _model_dir(tmp_path, "dense")
     scp = _write_scp(tmp_path)
@@ -214,7 +214,7 @@ def test_quantized_decoder_falls_back_to_espnet(tmp_path, monkeypatch, caplog):
 
 
 def test_pruned_transformer_yaml_config_round_trip(tmp_path):
-    from espnet_prune.decoder import PrunedTransformerDecoder
+    from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 
     d = _model_dir(tmp_path, "pruned", "pruned_transformer", layer_structures=LAYERS)
     model, args = build_asr_model(d / "config.yaml", d / "model.pth")  # every key checked
@@ -226,7 +226,7 @@ def test_pruned_transformer_yaml_config_round_trip(tmp_path):
     assert dec.decoders[0].self_attn.linear_q.weight.shape == (3 * 8, 32)  # d_k = 32 / 4
     # a pruned decoder decodes through ESPnet's Speech2Text as it is (fast), or with
     # ESPnet's incremental algorithm for timing comparisons: same hypotheses
-    from espnet_prune.decoder import espnet_decoding
+    from espnet_prune.inference import espnet_decoding
 
     s2t, slow = _speech2text(d), _speech2text(d)
     assert s2t.beam_search.full_scorers["decoder"] is s2t.asr_model.decoder

@@ -29,13 +29,10 @@ from espnet.nets.scorers.ctc import CTCPrefixScorer
 from espnet2.asr.ctc import CTC
 from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 from espnet_prune.budget import expected_cost, kept_cost, select_units
-from espnet_prune.decoder import (
-    SUBLAYERS,
-    DecoderLayerStructure,
-    PrunedTransformerDecoder,
-    count_decoder_macs,
-    decoder_cost,
-)
+from espnet_prune.cost import decoder_cost
+from espnet_prune.flops import count_decoder_macs
+from espnet_prune.pruned_decoder import PrunedTransformerDecoder
+from espnet_prune.structure import SUBLAYERS, DecoderLayerStructure
 from espnet_prune.gated_decoder import (
     DECODER_GRANULARITIES,
     GatedDecoderLayer,

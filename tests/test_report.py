@@ -162,7 +162,8 @@ def test_report_against_independent_references(setup, tmp_path):
     assert by["pruned"]["sparsity"]["macs_encoder"] == pytest.approx(1 - macs["pruned"] / macs["baseline"])
     # inference MACs: encoder + CTC projection + 40 decoded tokens (both decoders are the same)
     from espnet_prune.cost import frontend_cost
-    from espnet_prune.decoder import DecoderDims, decoder_cost
+    from espnet_prune.cost import decoder_cost
+    from espnet_prune.structure import DecoderDims
 
     t_enc = frontend_cost(dims, 1000)[2]
     for name, model in s["models"].items():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -100,11 +102,34 @@ def train_cmd(config: Path, output_dir: Path, data: Path, extra: Optional[List[s
     ]
 
 
-def run(cmd: List[str], log: Path) -> subprocess.CompletedProcess:
-    """Run a training command; raise with the log tail on failure."""
+#: one thread in every training process: runs are reproducible, and two of them can share
+#: a 2-core machine
+PINNED_THREADS = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@dataclass
+class Job:
+    """A training command running in the background (:func:`start`)."""
+
+    cmd: List[str]
+    log: Path
+    proc: subprocess.Popen
+
+
+def start(cmd: List[str], log: Path) -> Job:
+    """Start a training command with one thread, its output in ``log``."""
     with log.open("w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
-    if proc.returncode != 0:
-        tail = "\n".join(log.read_text().splitlines()[-40:])
-        raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(cmd)}\n{tail}")
-    return proc
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=dict(os.environ, **PINNED_THREADS))
+    return Job(cmd, log, proc)
+
+
+def wait(job: Job) -> None:
+    """Wait for a job; raise with the log tail on failure."""
+    if job.proc.wait() != 0:
+        tail = "\n".join(job.log.read_text().splitlines()[-40:])
+        raise RuntimeError(f"command failed ({job.proc.returncode}): {' '.join(job.cmd)}\n{tail}")
+
+
+def run(cmd: List[str], log: Path) -> None:
+    """Run a training command with one thread; raise with the log tail on failure."""
+    wait(start(cmd, log))

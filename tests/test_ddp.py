@@ -1,10 +1,12 @@
 """Distributed (DDP) pruning on CPU: two gloo ranks through ESPnet's own trainer.
 
 Each rank is launched the way an external launcher (torchrun, srun) does it:
-``RANK`` / ``WORLD_SIZE`` / ``MASTER_ADDR`` / ``MASTER_PORT`` in the environment and
-``--ngpu 0 --multiprocessing_distributed false --dist_backend gloo
---dist_init_method env://``, which ESPnet's ``resolve_distributed_mode`` turns into
-a distributed run (world size 2 > 1). ``tests/ddp_worker.py`` dumps each rank's
+``RANK`` / ``WORLD_SIZE`` in the environment and ``--ngpu 0
+--multiprocessing_distributed false --dist_backend gloo``, which ESPnet's
+``resolve_distributed_mode`` turns into a distributed run (world size 2 > 1). The
+ranks meet through a file (``--dist_init_method file://...``, a fresh one per
+launch) rather than a TCP port: no port to pick, so no race for one on a busy
+machine. ``tests/ddp_worker.py`` dumps each rank's
 student at the end, since ESPnet's rank 0 alone writes checkpoints.
 
 Checks: every weight, gate log-alpha, Lagrange multiplier and buffer, and the
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,29 +34,25 @@ EPOCHS = 2  # first run; the resumed run goes on to EPOCHS + 1
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def launch_ddp(train: List[str], dump_dir: Path, log_dir: Path, timeout: float = 600) -> Dict[int, dict]:
     """Start ``WORLD`` ranks of ``ddp_worker.py`` with the options of the training
     command ``train`` (``python -m espnet_prune.bin.asr_train OPTIONS``); return each rank's dump."""
     assert train[1:3] == ["-m", "espnet_prune.bin.asr_train"], train[:3]
-    port = free_port()
     log_dir.mkdir(parents=True, exist_ok=True)
+    store = log_dir / "rendezvous"  # torch's FileStore: must not exist before the launch
+    assert not store.exists(), store
     procs, logs = [], []
     for rank in range(WORLD):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(WORLD), MASTER_ADDR="127.0.0.1",
-                   MASTER_PORT=str(port), OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
-        env.pop("LOCAL_RANK", None)
+        env = dict(os.environ, RANK=str(rank), WORLD_SIZE=str(WORLD), OMP_NUM_THREADS="1",
+                   MKL_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo")
+        for name in ("LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+            env.pop(name, None)
         env.pop("CUDA_VISIBLE_DEVICES", None)
         log = log_dir / f"rank{rank}.log"
         logs.append(log)
         cmd = [sys.executable, str(WORKER), str(dump_dir), *train[3:],
                "--multiprocessing_distributed", "false", "--dist_backend", "gloo",
-               "--dist_init_method", "env://"]
+               "--dist_init_method", f"file://{store.resolve()}"]
         with log.open("w") as out:
             procs.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
     failures = []

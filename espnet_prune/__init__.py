@@ -9,7 +9,13 @@ inference code can build them. :func:`fast_decoding` makes a built ESPnet
 
 from typing import Any
 
+from espnet_prune.offline import defer_text_frontends
+
 __version__ = "0.1.0"
+
+# ESPnet's text package imports g2p_en and inflect (5 s of CPU) that ASR with character or
+# BPE tokens never uses: load them on first use instead, in every process of the plugin.
+defer_text_frontends()
 
 ENCODERS = {
     "gated_conformer": "espnet_prune.encoder:GatedConformerEncoder",

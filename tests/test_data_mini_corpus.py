@@ -15,6 +15,9 @@ import pytest
 from espnet_prune.data import mini_corpus as mc
 from espnet_prune.data.kaldi_dir import read_data_dir
 
+pytest.register_assert_rewrite("recipe_fixtures")  # imported before pytest loads it as a plugin
+from recipe_fixtures import TINY  # noqa: E402
+
 try:
     mc.get_synthesizer("auto")
     HAVE_TTS = True
@@ -22,9 +25,7 @@ except mc.SynthesisUnavailable:
     HAVE_TTS = False
 
 needs_tts = pytest.mark.skipif(not HAVE_TTS, reason="no eSpeak NG backend")
-
-TINY = mc.CorpusConfig(n_train=24, n_dev=6, n_test=6, seed=3, n_train_speakers=4,
-                       n_dev_speakers=2, n_test_speakers=2)
+pytest_plugins = ["recipe_fixtures"]  # tiny_corpus: one corpus for this and the teacher recipe test
 
 
 def _digest(root: Path) -> Dict[str, str]:
@@ -39,14 +40,10 @@ def _digest(root: Path) -> Dict[str, str]:
     return out
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    if not HAVE_TTS:
-        pytest.skip("no eSpeak NG backend")
-    out = tmp_path_factory.mktemp("mini") / "corpus"
-    res = mc.make_corpus(out, TINY, nj=2, log=lambda s: None)
-    assert res["synthesised"] == 36 and not res["skipped"]
-    return out
+@pytest.fixture
+def corpus(tiny_corpus: Path) -> Path:
+    """The session's TINY corpus, made with nj=2 (read only)."""
+    return tiny_corpus
 
 
 def test_grammar_size_and_lengths() -> None:

@@ -1,14 +1,26 @@
-"""WER scoring: hand-worked alignments, sclite's report layout, agreement with sclite."""
+"""WER scoring: hand-worked alignments, sclite's report layout, agreement with sclite.
+
+sclite's byte-exact reports for the inputs below are committed in ``tests/data/sclite``
+(``python tests/test_data_scoring.py`` rewrites them with the installed sclite), so the
+reports are compared on every machine; with sclite installed they are also compared live.
+"""
 
 from __future__ import annotations
 
+import gzip
 import random
 import re
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from espnet_prune.data import scoring as S
+
+GOLDEN = Path(__file__).parent / "data" / "sclite"
+SEEDS = (0, 1)
+needs_sclite = pytest.mark.skipif(S.find_sclite() is None, reason="sclite (sctk) not installed")
 
 # Hand-worked example (4 utterances, 2 speakers):
 #  spk1-utt1  THE CAT SAT ON THE MAT  / THE CAT SAT MAT   -> C4 D2           (ON, THE deleted)
@@ -29,29 +41,17 @@ HYPS = {
     "spk2-utt4": "",
 }
 
-# The percentage table sclite 2.4.10 prints for this example (sclite -i rm -o all stdout).
-SCLITE_SUMMARY = """\
+
+def golden_hand() -> str:
+    """sclite's whole report for REFS / HYPS (``sclite -i rm -o all stdout``; Debian's
+    sctk 2.4.10, sclite 2.10); its first table holds the percentages worked out above."""
+    return (GOLDEN / "hand.txt").read_text()
 
 
-
-                     SYSTEM SUMMARY PERCENTAGES by SPEAKER                      
-
-       ,----------------------------------------------------------------.
-       |                            hyp.trn                             |
-       |----------------------------------------------------------------|
-       | SPKR   | # Snt # Wrd | Corr    Sub    Del    Ins    Err  S.Err |
-       |--------+-------------+-----------------------------------------|
-       | spk1   |    2      8 | 75.0    0.0   25.0    0.0   25.0   50.0 |
-       |--------+-------------+-----------------------------------------|
-       | spk2   |    2      9 | 44.4   11.1   44.4   11.1   66.7  100.0 |
-       |================================================================|
-       | Sum/Avg|    4     17 | 58.8    5.9   35.3    5.9   47.1   75.0 |
-       |================================================================|
-       |  Mean  |  2.0    8.5 | 59.7    5.6   34.7    5.6   45.8   75.0 |
-       |  S.D.  |  0.0    0.7 | 21.6    7.9   13.7    7.9   29.5   35.4 |
-       | Median |  2.0    8.5 | 59.7    5.6   34.7    5.6   45.8   75.0 |
-       `----------------------------------------------------------------'
-"""
+def golden_random(seed: int) -> str:
+    """sclite's whole report for ``_random_set(seed)`` (gzip: 37 kB of text each)."""
+    with gzip.open(GOLDEN / f"random{seed}.txt.gz", "rt") as f:
+        return f.read()
 
 
 def counts(a: S.Alignment):
@@ -79,7 +79,7 @@ def test_totals_and_report_layout() -> None:
     assert t.wer == pytest.approx(100 * 8 / 17)
     assert list(res.per_speaker) == ["spk1", "spk2"]
     report = S.format_result(res)
-    assert report.startswith(SCLITE_SUMMARY)
+    assert report == golden_hand()  # sclite's report, byte for byte
     # ESPnet's show_asr_result.sh: grep Avg | drop "Sum/Avg" | tr '|' ' ' | squeeze to '|'
     avg_lines = [ln for ln in report.splitlines() if "Avg" in ln]
     assert len(avg_lines) == 1
@@ -117,7 +117,7 @@ def test_trn_roundtrip_and_score_files(tmp_path: Path) -> None:
     assert (c.n_wrd, c.err) == (17, 8)
     assert S.read_trn(out / "ref.trn")["spk1-utt1"] == "THE CAT SAT ON THE MAT"
     assert S.read_trn(out / "hyp.trn")["spk2-utt4"] == ""
-    assert (out / "result.txt").read_text().startswith(SCLITE_SUMMARY)
+    assert (out / "result.txt").read_text() == golden_hand()
     assert S.main(["--ref", str(ref_text), "--hyp", str(hyp_text), "--out_dir", str(out),
                    "--utt2spk", str(utt2spk)]) == 0
 
@@ -134,29 +134,72 @@ def _random_set(seed: int, n: int = 300):
     return refs, hyps
 
 
-@pytest.mark.skipif(S.find_sclite() is None, reason="sclite (sctk) not installed")
-@pytest.mark.parametrize("seed", [0, 1])
+def _utt_counts(report: str) -> dict:
+    """Per-utterance ``C S D I`` from a report's alignment dump."""
+    return dict(re.findall(r"id: \((\S+)\)\nScores: \(#C #S #D #I\) (\d+ \d+ \d+ \d+)", report))
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_matches_sclite_golden_report(seed: int) -> None:
+    refs, hyps = _random_set(seed)
+    golden = golden_random(seed)
+    ours = S.score(refs, hyps)
+    assert S.parse_sum_counts(golden) == ours.total
+    # per-utterance C/S/D/I as sclite reports them in its alignment dump
+    assert _utt_counts(golden) == {u: " ".join(map(str, counts(a))) for u, a in ours.per_utt.items()}
+    # the whole report, summary tables and alignment dump, is sclite's byte for byte
+    assert S.format_result(ours) == golden
+
+
+def _run_sclite(refs, hyps, work: Path) -> str:
+    S.write_trn(work / "ref.trn", refs)
+    S.write_trn(work / "hyp.trn", hyps)
+    report, totals, pct = S.run_sclite("ref.trn", "hyp.trn", cwd=work)
+    assert totals == S.parse_sum_counts(report) and pct == S.parse_sum_avg(report)
+    return report
+
+
+@needs_sclite
+@pytest.mark.parametrize("seed", SEEDS)
 def test_agrees_with_sclite(tmp_path: Path, seed: int) -> None:
     refs, hyps = _random_set(seed)
-    S.write_trn(tmp_path / "ref.trn", refs)
-    S.write_trn(tmp_path / "hyp.trn", hyps)
-    report, totals, pct = S.run_sclite("ref.trn", "hyp.trn", cwd=tmp_path)
-    ours = S.score(refs, hyps)
-    assert totals == ours.total
-    ours_report = S.format_result(ours)
-    assert S.parse_sum_avg(ours_report) == pct
-    # per-utterance C/S/D/I as sclite reports them in its alignment dump
-    theirs = dict(re.findall(r"id: \((\S+)\)\nScores: \(#C #S #D #I\) (\d+ \d+ \d+ \d+)", report))
-    assert theirs == {u: " ".join(map(str, counts(a))) for u, a in ours.per_utt.items()}
-    # the whole report, summary tables and alignment dump, is sclite's byte for byte
-    assert ours_report == report
+    report = _run_sclite(refs, hyps, tmp_path)
+    assert report == golden_random(seed)  # the committed report is this sclite's
+    assert S.format_result(S.score(refs, hyps)) == report
 
 
-@pytest.mark.skipif(S.find_sclite() is None, reason="sclite (sctk) not installed")
+@needs_sclite
 def test_score_files_with_sclite(tmp_path: Path) -> None:
     ref, hyp = tmp_path / "ref.txt", tmp_path / "hyp.txt"
     ref.write_text("".join(f"{u} {t}\n" for u, t in REFS.items()))
     hyp.write_text("".join(f"{u} {t}\n" for u, t in HYPS.items()))
-    c = S.score_files(ref, hyp, tmp_path / "out", use_sclite="yes")
+    out = tmp_path / "out"
+    c = S.score_files(ref, hyp, out, use_sclite="yes")
     assert (c.corr, c.sub, c.dele, c.ins) == (10, 1, 6, 1)
-    assert "Sum/Avg" in (tmp_path / "out" / "result.txt").read_text()
+    # result.txt is sclite's (it names hyp.trn by the path it was given), ours is beside it;
+    # without utt2spk a trn id is "<speaker>-<utt>", the speaker being the utt id up to its first "-"
+    theirs = (out / "result.txt").read_text()
+    assert f"System name:   {out / 'hyp.trn'}" in theirs
+    assert S.parse_sum_counts(theirs) == S.parse_sum_counts(golden_hand())
+    ids = {u: f"{u.split('-')[0]}-{u}" for u in REFS}
+    ours = S.score({ids[u]: t for u, t in REFS.items()}, {ids[u]: t for u, t in HYPS.items()})
+    assert (out / "result.py.txt").read_text() == S.format_result(ours)
+    assert _run_sclite(REFS, HYPS, tmp_path) == golden_hand()  # the committed report is this sclite's
+
+
+def write_golden() -> None:
+    """Rewrite ``tests/data/sclite`` with the installed sclite's reports."""
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as d:
+        (GOLDEN / "hand.txt").write_text(_run_sclite(REFS, HYPS, Path(d)))
+        for seed in SEEDS:
+            report = _run_sclite(*_random_set(seed), Path(d))
+            with open(GOLDEN / f"random{seed}.txt.gz", "wb") as raw:
+                with gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as f:
+                    f.write(report.encode())
+
+
+if __name__ == "__main__":
+    if S.find_sclite() is None:
+        sys.exit("sclite not found: apt-get install sctk")
+    write_golden()

@@ -11,67 +11,39 @@ hand-made configs without training.
 from __future__ import annotations
 
 import os
+import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
 import yaml
 
 from espnet_prune.recipe import teacher as T
+from espnet_teacher import train_teacher
 
-sys.path.insert(0, str(Path(__file__).parent))
-from espnet_teacher import train_teacher  # noqa: E402
+pytest.register_assert_rewrite("recipe_fixtures")  # imported before pytest loads it as a plugin
+from recipe_fixtures import REPO, recipe_dir, run_recipe, snapshot  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
-RECIPE = REPO / "egs2/librispeech_prune/asr1"
-
-
-def _recipe_dir(work: Path) -> Path:
-    work.mkdir(parents=True, exist_ok=True)
-    for name in ("run.sh", "path.sh", "cmd.sh", "db.sh"):
-        shutil.copy(RECIPE / name, work / name)
-    shutil.copytree(RECIPE / "local", work / "local")
-    (work / "conf").symlink_to(REPO / "conf")
-    return work
-
-
-def _run(work: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, MAIN_ROOT=str(REPO), OMP_NUM_THREADS="1",
-               PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    return subprocess.run(["bash", "./run.sh", *args], cwd=work, env=env, capture_output=True,
-                          text=True, timeout=900)
-
-
-def _snapshot(root: Path) -> dict:
-    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+pytest_plugins = ["recipe_fixtures"]  # tiny_corpus, shared with test_data_mini_corpus
 
 
 # --------------------------------------------------------------------------- end to end
 
 
 @pytest.fixture(scope="module")
-def pruned(tmp_path_factory):
-    from espnet_prune.data import mini_corpus as mc
-
-    try:
-        mc.get_synthesizer("auto")
-    except mc.SynthesisUnavailable:
-        pytest.skip("no eSpeak NG backend")
+def pruned(tmp_path_factory, tiny_corpus):
     root = tmp_path_factory.mktemp("teacher")
-    corpus = root / "corpus"  # the user's ESPnet data dirs (dump/raw/<set> layout)
-    mc.make_corpus(corpus, mc.CorpusConfig(n_train=24, n_dev=4, n_test=4, seed=3, n_train_speakers=4,
-                                           n_dev_speakers=2, n_test_speakers=2), nj=1, log=lambda s: None)
+    corpus = tiny_corpus  # the user's ESPnet data dirs (dump/raw/<set> layout)
     teacher = train_teacher(corpus, root / "espnet_recipe", epochs=3, size="tiny")
-    user_files = {**_snapshot(corpus), **{f"r/{k}": v for k, v in _snapshot(root / "espnet_recipe").items()}}
-    work = _recipe_dir(root / "asr1")
+    user_files = {**snapshot(corpus), **{f"r/{k}": v for k, v in snapshot(root / "espnet_recipe").items()}}
+    work = recipe_dir(root / "asr1")
     args = ["--conf_dir", "conf/smoke", "--nj", "2", "--latency_utts", "2",
             "--teacher_config", str(root / "espnet_recipe" / teacher["config"]),
             "--teacher_model", str(root / "espnet_recipe" / teacher["model"]),
             "--data_format", "raw", "--dump_dir", str(corpus), "--test_sets", "test"]
-    proc = _run(work, *args, "--stage", "5")
+    proc = run_recipe(work, *args, "--stage", "5")
     assert proc.returncode == 0, proc.stderr[-4000:]
     return dict(root=root, corpus=corpus, recipe=root / "espnet_recipe", teacher=teacher, work=work,
                 args=args, proc=proc, user_files=user_files)
@@ -118,7 +90,7 @@ def _count_params(recipe: Path, teacher) -> int:
 
 
 def test_users_directories_untouched(pruned):
-    now = {**_snapshot(pruned["corpus"]), **{f"r/{k}": v for k, v in _snapshot(pruned["recipe"]).items()}}
+    now = {**snapshot(pruned["corpus"]), **{f"r/{k}": v for k, v in snapshot(pruned["recipe"]).items()}}
     assert now == pruned["user_files"]
 
 
@@ -160,23 +132,106 @@ def test_shrunk_model_keeps_frontend_normalization_and_tokens(pruned, monkeypatc
     assert type(s2t.asr_model.frontend).__name__ == "DefaultFrontend"
     assert s2t.asr_model.token_list == teacher["token_list"]
 
-    hyps = dict(l.split(maxsplit=1) if " " in l else (l, "") for l in
-                (final_dir / "decode_asr_test/text").read_text().splitlines())
+    # Which hypothesis a beam search keeps can flip on a near tie between machines and thread
+    # counts; the score of a given hypothesis cannot. Both the recipe's 1-best (its decoding
+    # processes) and Speech2Text's own are scored as ESPnet's beam search adds them up,
+    # computed here independently from the model's CTC and decoder outputs.
+    model = s2t.asr_model
+    dec = final_dir / "decode_asr_test"
+    hyps = _kaldi_text(dec / "text")
+    written = _recipe_1best(dec)
+    assert sorted(written) == sorted(hyps)
     wavs = [l.split(maxsplit=1) for l in (pruned["corpus"] / "test/wav.scp").read_text().splitlines()]
     for utt, path in wavs[:2]:
-        speech, rate = soundfile.read(path, dtype="float32")
+        speech, _ = soundfile.read(path, dtype="float32")
         with torch.no_grad():
-            text = s2t(speech)[0][0]
-        assert text.strip() == hyps[utt].strip(), utt
+            enc, _ = model.encode(torch.from_numpy(speech)[None], torch.tensor([len(speech)]))
+            scored = [(*written[utt], None)]
+            for maxlenratio, maxlen in ((0.0, None), (-3, 3)):  # and a search cut at 3 tokens
+                s2t.maxlenratio = maxlenratio
+                hyp = s2t(speech)[0][3]
+                scored.append((hyp.yseq[1:-1].tolist(), float(hyp.score), maxlen))
+            for ids, score, maxlen in scored:
+                ours = _beam_score(model, enc[0], ids, decode["ctc_weight"], maxlen)
+                # float32 network, other processes and thread counts; the written score has 4 decimals
+                assert score == pytest.approx(ours, rel=1e-4, abs=1e-3), (utt, ids, maxlen)
+        ids = written[utt][0]
+        assert hyps[utt] == s2t.tokenizer.tokens2text(s2t.converter.ids2tokens(ids)), utt
+
+
+def _kaldi_text(path: Path) -> dict:
+    return dict(l.split(maxsplit=1) if " " in l else (l, "") for l in path.read_text().splitlines())
+
+
+def _recipe_1best(dec: Path) -> dict:
+    """utt -> (token ids, score) of the recipe's 1-best, as its decoding jobs wrote them."""
+    out = {}
+    for job in dec.glob("logdir/output.*/1best_recog"):
+        scores = _kaldi_text(job / "score")  # str(tensor), e.g. "tensor(-12.3456)"
+        for utt, ids in _kaldi_text(job / "token_int").items():
+            value = re.fullmatch(r"tensor\((\S+)\)|(\S+)", scores[utt].strip())
+            out[utt] = ([int(i) for i in ids.split()], float(value.group(1) or value.group(2)))
+    return out
+
+
+def _ctc_alpha(logp, labels):
+    """CTC forward variables (blank 0): ``(T + 1, 2 L + 1)`` log-probabilities of having
+    emitted exactly ``labels`` after ``t`` frames, in state ``s`` of the blank-interleaved
+    label sequence (even ``s``: a blank last)."""
+    import torch
+
+    ext = [0]
+    for c in labels:
+        ext += [c, 0]
+    n_frames, n_states = logp.shape[0], len(ext)
+    skip = torch.tensor([s >= 2 and ext[s] != 0 and ext[s] != ext[s - 2] for s in range(n_states)])
+    alpha = torch.full((n_frames + 1, n_states), -torch.inf, dtype=torch.float64)
+    alpha[0, 0] = 0.0
+    none = torch.tensor([-torch.inf], dtype=torch.float64)
+    for t in range(1, n_frames + 1):
+        a = alpha[t - 1]
+        one = torch.cat([none, a])[:n_states]
+        two = torch.where(skip, torch.cat([none, none, a])[:n_states], -torch.inf)
+        alpha[t] = torch.logsumexp(torch.stack([a, one, two]), 0) + logp[t - 1, ext]
+    return alpha
+
+
+def _beam_score(model, enc, ids, ctc_weight: float, maxlen: Optional[int] = None) -> float:
+    """ESPnet's beam-search score of ``<sos> ids <eos>`` on encoder output ``enc`` ``(T, d)``:
+    ``(1 - w) * log p_att + w * log p_ctc``, the CTC part being what the prefix scores of
+    the steps add up to (Graves 2012, 7.3): the whole sequence's probability when ``<eos>``
+    was scored, the prefix probability of ``ids`` when the search reached ``maxlen`` tokens
+    (``T`` for ``maxlenratio: 0``) and appended ``<eos>`` unscored (a second one after a
+    scored ``<eos>`` at that step: then ``ids`` ends with it)."""
+    import torch
+
+    n_frames = enc.shape[0]
+    scored_eos = len(ids) < (maxlen or n_frames) or ids[-1] == model.eos
+    ids = [i for i in ids if i != model.eos]
+    logp = model.ctc.log_softmax(enc[None])[0].double()
+    if scored_eos:
+        alpha = _ctc_alpha(logp, ids)[-1]
+        ctc = float(torch.logsumexp(alpha[-2:] if ids else alpha[-1:], 0))
+    else:  # prefix: the last label emitted at some frame t after the rest by t - 1
+        alpha = _ctc_alpha(logp, ids[:-1])
+        before = alpha[:, -1] if len(ids) >= 2 and ids[-2] == ids[-1] else torch.logsumexp(alpha[:, -2:], 1)
+        ctc = float(torch.logsumexp(before[:-1] + logp[:, ids[-1]], 0))
+    ys_in = torch.tensor([[model.sos] + list(ids)])
+    logits, _ = model.decoder(enc[None], torch.tensor([n_frames]), ys_in, torch.tensor([len(ids) + 1]))
+    att_logp = torch.log_softmax(logits[0], -1).double()
+    targets = list(ids) + [model.eos]
+    n = len(targets) if scored_eos else len(ids)
+    att = float(sum(att_logp[i, targets[i]] for i in range(n)))
+    return (1 - ctc_weight) * att + ctc_weight * ctc
 
 
 def test_rerun_does_no_work(pruned):
     work = pruned["work"]
-    before = _snapshot(work / "exp")
-    proc = _run(work, *pruned["args"], "--stage", "5")
+    before = snapshot(work / "exp")
+    proc = run_recipe(work, *pruned["args"], "--stage", "5")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "training " not in proc.stderr and "imported the teacher" not in proc.stderr
-    assert _snapshot(work / "exp") == before
+    assert snapshot(work / "exp") == before
 
 
 # --------------------------------------------------------------------------- checks before work
@@ -315,13 +370,13 @@ def test_run_sh_stops_before_any_stage(fake_teacher, tmp_path):
     conf = copy.deepcopy(fake_teacher["conf"])
     conf["encoder"] = "e_branchformer"
     config, model, _ = fake_teacher["write"](conf)
-    work = _recipe_dir(tmp_path / "asr1")
-    proc = _run(work, "--conf_dir", "conf/smoke", "--teacher_config", str(config), "--teacher_model",
+    work = recipe_dir(tmp_path / "asr1")
+    proc = run_recipe(work, "--conf_dir", "conf/smoke", "--teacher_config", str(config), "--teacher_model",
                 str(model), "--data_format", "raw", "--dump_dir", str(tmp_path / "dump/raw"),
                 "--test_sets", "dev")
     assert proc.returncode != 0
     assert "TeacherError" in proc.stderr and "encoder='e_branchformer'" in proc.stderr
     assert "===== Stage" not in proc.stderr
     assert not (work / "exp").exists() and not (work / "data").exists()
-    proc = _run(work, "--conf_dir", "conf/smoke", "--teacher_config", str(config), "--stage", "5")
+    proc = run_recipe(work, "--conf_dir", "conf/smoke", "--teacher_config", str(config), "--stage", "5")
     assert proc.returncode != 0 and "--teacher_config and --teacher_model go together" in proc.stderr

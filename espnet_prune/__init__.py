@@ -9,7 +9,7 @@ inference code can build them. :func:`fast_decoding` makes a built ESPnet
 
 from typing import Any
 
-from espnet_prune.offline import defer_text_frontends
+from espnet_prune.lazy_imports import defer_text_frontends
 
 __version__ = "0.1.0"
 

@@ -1,4 +1,4 @@
-"""ESPnet imports offline and without the text front ends ASR never uses (espnet_prune.offline)."""
+"""ESPnet imports without the text front ends ASR never uses (espnet_prune.lazy_imports)."""
 
 import os
 import subprocess

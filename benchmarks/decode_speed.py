@@ -29,7 +29,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List
 
 import torch
 
@@ -49,32 +49,69 @@ def build(vocab_size: int) -> torch.nn.Module:
     return model
 
 
-def beam_search(model: torch.nn.Module, decoder: torch.nn.Module, beam: int):
+def beam_search(model: torch.nn.Module, decoder: torch.nn.Module, ctc_scorer: type, beam: int):
     """ESPnet's BatchBeamSearch as Speech2Text builds it (decoder 0.7, CTC 0.3, full pre-beam)."""
     from espnet.nets.batch_beam_search import BatchBeamSearch
-    from espnet.nets.scorers.ctc import CTCPrefixScorer
     from espnet.nets.scorers.length_bonus import LengthBonus
 
     vocab = model.vocab_size
     return BatchBeamSearch(
         beam_size=beam, vocab_size=vocab, sos=model.sos, eos=model.eos,
         weights=dict(decoder=0.7, ctc=0.3, length_bonus=0.0),
-        scorers=dict(decoder=decoder, ctc=CTCPrefixScorer(model.ctc, model.eos),
+        scorers=dict(decoder=decoder, ctc=ctc_scorer(model.ctc, model.eos),
                      length_bonus=LengthBonus(vocab)),
         token_list=[str(i) for i in range(vocab)], pre_beam_score_key="full",
     ).eval()
 
 
-def decode(model, search, speech: torch.Tensor, tokens: int) -> Tuple[float, float, List[Any]]:
-    """(total seconds, encoder seconds, n-best) of one decode."""
+class PartTimer:
+    """Seconds spent in the decoder's and the CTC scorer's calls of one beam search."""
+
+    def __init__(self, search) -> None:
+        self.seconds = {"decoder": 0.0, "ctc": 0.0}
+        for name, method in (("decoder", "batch_score"), ("ctc", "batch_score_partial"),
+                             ("ctc", "batch_init_state")):
+            scorer = search.scorers[name]
+            setattr(scorer, method, self._timed(name, getattr(scorer, method)))
+
+    def _timed(self, name: str, fn):
+        def run(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - t0
+        return run
+
+
+def decode(model, search, speech: torch.Tensor, tokens: int) -> Dict[str, Any]:
+    """One decode: total, encoder, decoder-step, CTC-scoring and other search seconds, n-best."""
+    timer = PartTimer(search)
     with torch.inference_mode():
         t0 = time.perf_counter()
-        enc, _ = model.encode(speech, torch.tensor([speech.size(1)]))
+        enc, _ = model.encode(speech.clone(), torch.tensor([speech.size(1)]))
         t1 = time.perf_counter()
         x = enc[0]
         hyps = search(x=x, maxlenratio=(tokens + 0.5) / x.size(0), minlenratio=0.0)
         t2 = time.perf_counter()
-    return t2 - t0, t1 - t0, hyps
+    for name in timer.seconds:  # the scorers are bound methods of this search only
+        delattr(search.scorers[name], "batch_score" if name == "decoder" else "batch_score_partial")
+    dec, ctc = timer.seconds["decoder"], timer.seconds["ctc"]
+    return dict(total=t2 - t0, encoder=t1 - t0, decoder=dec, ctc=ctc,
+                rest=(t2 - t1) - dec - ctc, hyps=hyps)
+
+
+#: The decoding systems compared: name -> (decoder kind, CTC scorer class name).
+SYSTEMS = {"espnet": ("espnet", "CTCPrefixScorer"),
+           "fast_decoder": ("fast", "CTCPrefixScorer"),
+           "fast": ("fast", "FastCTCPrefixScorer")}
+
+
+def same_hyps(a, b) -> bool:
+    """Same n-best token sequences, total scores within 1e-3."""
+    return len(a) == len(b) and all(
+        h1.yseq.tolist() == h2.yseq.tolist() and abs(float(h1.score) - float(h2.score)) <= 1e-3
+        for h1, h2 in zip(a, b))
 
 
 def main(argv: List[str] = None) -> int:
@@ -89,18 +126,25 @@ def main(argv: List[str] = None) -> int:
     a = p.parse_args(argv)
     logging.disable(logging.WARNING)
 
+    from espnet.nets.scorers.ctc import CTCPrefixScorer
+
     import espnet_prune
+    from espnet_prune.ctc_prefix import FastCTCPrefixScorer
     from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 
     espnet_prune.register()
     model = build(a.vocab_size)
-    espnet_dec = model.decoder
-    fast_dec = PrunedTransformerDecoder.from_transformer_decoder(espnet_dec)
+    decoders = {"espnet": model.decoder,
+                "fast": PrunedTransformerDecoder.from_transformer_decoder(model.decoder)}
+    scorers = {"CTCPrefixScorer": CTCPrefixScorer, "FastCTCPrefixScorer": FastCTCPrefixScorer}
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"{sum(p.numel() for p in model.parameters()):,} params, "
-          f"decoder {type(espnet_dec).__name__} vs {type(fast_dec).__name__}")
-    head = ("threads", "audio s", "beam", "tokens", "ESPnet s", "fast s", "ratio",
-            "search ratio", "encoder s", "same hyps")
+          f"{sum(p.numel() for p in model.parameters()):,} params")
+    print("# espnet: ESPnet's TransformerDecoder + CTCPrefixScorer; fast_decoder: "
+          "PrunedTransformerDecoder + ESPnet's CTCPrefixScorer; fast: PrunedTransformerDecoder + "
+          "FastCTCPrefixScorer. Seconds per decode: total = encoder + decoder steps + CTC "
+          "scoring + rest of the search.")
+    head = ("threads", "audio s", "beam", "tokens", "system", "total s", "encoder s",
+            "decoder s", "CTC s", "rest s", "ratio to espnet", "same hyps")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     g = torch.Generator().manual_seed(1)
@@ -110,36 +154,41 @@ def main(argv: List[str] = None) -> int:
     results: List[Dict[str, Any]] = []
     for threads in a.threads:
         torch.set_num_threads(threads)
-        for dec in (espnet_dec, fast_dec):  # warm-up
-            decode(model, beam_search(model, dec, 2), speech[a.seconds[0]], 3)
+        for dec_kind, ctc_kind in SYSTEMS.values():  # warm-up
+            decode(model, beam_search(model, decoders[dec_kind], scorers[ctc_kind], 2),
+                   speech[a.seconds[0]], 3)
         for seconds in a.seconds:
             tokens = int(round(a.tokens_per_second * seconds))
             for beam in a.beams:
-                runs = {}
-                order = [("espnet", espnet_dec), ("fast", fast_dec)]
+                order = list(SYSTEMS)
                 if k % 2:
                     order.reverse()
                 k += 1
-                for name, dec in order:
-                    runs[name] = decode(model, beam_search(model, dec, beam), speech[seconds], tokens)
-                (te, ee, he), (tf, ef, hf) = runs["espnet"], runs["fast"]
-                same = len(he) == len(hf) and all(
-                    h1.yseq.tolist() == h2.yseq.tolist() and abs(float(h1.score) - float(h2.score)) <= 1e-3
-                    for h1, h2 in zip(he, hf))
-                assert all(len(h.yseq) == tokens + 2 for h in he), "decode length not fixed"
-                ok &= same
-                enc = (ee + ef) / 2
-                row = dict(threads=threads, seconds=seconds, beam=beam, tokens=tokens,
-                           espnet_s=te, fast_s=tf, ratio=tf / te,
-                           search_ratio=(tf - ef) / (te - ee), encoder_s=enc, same=same)
-                results.append(row)
-                print(f"| {threads} | {seconds:g} | {beam} | {tokens} | {te:.2f} | {tf:.2f} | "
-                      f"{tf / te:.3f} | {row['search_ratio']:.3f} | {enc:.2f} | "
-                      f"{'yes' if same else 'NO'} |", flush=True)
+                runs = {}
+                for name in order:
+                    dec_kind, ctc_kind = SYSTEMS[name]
+                    runs[name] = decode(model, beam_search(model, decoders[dec_kind],
+                                                           scorers[ctc_kind], beam),
+                                        speech[seconds], tokens)
+                assert all(len(h.yseq) == tokens + 2 for h in runs["espnet"]["hyps"]), \
+                    "decode length not fixed"
+                for name in SYSTEMS:
+                    r = runs[name]
+                    same = same_hyps(runs["espnet"]["hyps"], r["hyps"])
+                    ok &= same
+                    row = dict(threads=threads, seconds=seconds, beam=beam, tokens=tokens,
+                               system=name, **{k2: r[k2] for k2 in
+                                               ("total", "encoder", "decoder", "ctc", "rest")},
+                               ratio=r["total"] / runs["espnet"]["total"], same=same)
+                    results.append(row)
+                    print(f"| {threads} | {seconds:g} | {beam} | {tokens} | {name} | "
+                          f"{r['total']:.2f} | {r['encoder']:.2f} | {r['decoder']:.2f} | "
+                          f"{r['ctc']:.2f} | {r['rest']:.2f} | {row['ratio']:.3f} | "
+                          f"{'yes' if same else 'NO'} |", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1) + "\n")
     if not ok:
-        print("hypotheses differ between the decoders", file=sys.stderr)
+        print("hypotheses differ between the systems", file=sys.stderr)
         return 1
     return 0
 

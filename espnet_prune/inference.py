@@ -1,15 +1,17 @@
-"""Decoding with ESPnet's ``Speech2Text``: the fast exact decoder in, or ESPnet's algorithm back.
+"""Decoding with ESPnet's ``Speech2Text``: the fast exact search in, or ESPnet's algorithm back.
 
 :func:`fast_decoding` swaps a built ``Speech2Text``'s ESPnet ``transformer`` decoder for a
-:class:`~espnet_prune.pruned_decoder.PrunedTransformerDecoder` holding the same weights (same
-hypotheses and scores, less work per step); :func:`espnet_decoding` makes a
-``pruned_transformer`` run ESPnet's own incremental algorithm (the reference for timing).
+:class:`~espnet_prune.pruned_decoder.PrunedTransformerDecoder` holding the same weights, and
+its CTC prefix scorer for :class:`~espnet_prune.ctc_prefix.FastCTCPrefixScorer` (same
+hypotheses and scores, less work per step); :func:`espnet_decoding` puts ESPnet's own
+algorithms back (the reference for timing).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from espnet_prune.ctc_prefix import FastCTCPrefixScorer
 from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 
 
@@ -19,6 +21,8 @@ def fast_decoding(speech2text: Any, require: bool = True) -> bool:
     Replaces ``speech2text.asr_model.decoder`` (an ESPnet ``TransformerDecoder``) by a
     :class:`PrunedTransformerDecoder` holding the same weights (loaded with every key
     checked), and points every beam-search scorer that used the old decoder at the new one.
+    The beam search's CTC prefix scorer becomes :class:`FastCTCPrefixScorer` whenever the
+    search is ESPnet's (whatever the decoder; see :func:`fast_ctc_scoring`).
 
     Args:
         speech2text: ``espnet2.bin.asr_inference.Speech2Text`` (already built).
@@ -27,6 +31,13 @@ def fast_decoding(speech2text: Any, require: bool = True) -> bool:
     Returns:
         True when the fast decoder is in use.
     """
+    in_use = _use_fast_decoder(speech2text, require)
+    fast_ctc_scoring(getattr(speech2text, "beam_search", None))
+    return in_use
+
+
+def _use_fast_decoder(speech2text: Any, require: bool) -> bool:
+    """The decoder half of :func:`fast_decoding`."""
     from espnet.nets.beam_search import BeamSearch
 
     model = speech2text.asr_model
@@ -61,14 +72,46 @@ def fast_decoding(speech2text: Any, require: bool = True) -> bool:
     return True
 
 
+def _swap_scorers(beam: Any, old_type: type, make: Any) -> int:
+    """Replace every scorer of exactly ``old_type`` in ``beam``'s tables by ``make(scorer)``."""
+    tables = [getattr(beam, name, None) for name in ("scorers", "full_scorers", "part_scorers")]
+    new: dict = {}
+    for table in tables:
+        for k, v in list((table or {}).items()):
+            if type(v) is old_type:
+                if id(v) not in new:
+                    new[id(v)] = make(v)
+                table[k] = new[id(v)]
+    return len(new)
+
+
+def fast_ctc_scoring(beam: Any) -> bool:
+    """Make ESPnet's beam search ``beam`` score CTC prefixes with :class:`FastCTCPrefixScorer`.
+
+    Every ESPnet ``CTCPrefixScorer`` among its scorers is replaced by the fast scorer on the
+    same CTC module (same hypotheses, scores equal up to float rounding; subclasses such as
+    ESPnet's UASR scorer are left alone). Returns whether the search now scores CTC that way.
+    """
+    from espnet.nets.scorers.ctc import CTCPrefixScorer
+
+    _swap_scorers(beam, CTCPrefixScorer, FastCTCPrefixScorer.from_scorer)
+    return any(isinstance(v, FastCTCPrefixScorer)
+               for v in (getattr(beam, "scorers", None) or {}).values())
+
+
 def espnet_decoding(speech2text: Any) -> None:
     """Make an ESPnet ``Speech2Text`` decode with ESPnet's own incremental algorithm.
 
     The reference for timing comparisons: an ESPnet ``TransformerDecoder`` already does;
     a :class:`PrunedTransformerDecoder` (``decoder: pruned_transformer``, which ESPnet's
     class cannot hold) runs ESPnet's ``forward_one_step`` / ``score`` / ``batch_score`` on its
-    layers, re-projecting the encoder output and the prefix at every step.
+    layers, re-projecting the encoder output and the prefix at every step. ESPnet's
+    ``CTCPrefixScorer`` comes back in place of :class:`FastCTCPrefixScorer`.
     """
+    from espnet.nets.scorers.ctc import CTCPrefixScorer
+
     decoder = getattr(speech2text.asr_model, "decoder", None)
     if isinstance(decoder, PrunedTransformerDecoder):
         decoder.use_fast_decoding = False
+    _swap_scorers(getattr(speech2text, "beam_search", None), FastCTCPrefixScorer,
+                  lambda v: CTCPrefixScorer(v.ctc, v.eos))

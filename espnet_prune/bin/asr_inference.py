@@ -10,9 +10,11 @@ Accepts every argument of ``python -m espnet2.bin.asr_inference``, plus one::
 ``transformer`` with :class:`espnet_prune.pruned_decoder.PrunedTransformerDecoder`: same weights
 (loaded with every key checked), same scores and hypotheses, but the source-attention keys
 and values of the encoder output are computed once per utterance and the self-attention
-keys and values of the prefix are kept between steps. Models with another decoder (or a
-quantized one) are decoded by ESPnet's own code, with a warning. ``--fast_decoder false``
-is ESPnet's decoder unchanged. The option may also be set in the ``--config`` YAML.
+keys and values of the prefix are kept between steps; CTC prefixes are scored by
+:class:`espnet_prune.ctc_prefix.FastCTCPrefixScorer` (same scores, no Python loop over
+frames). Models with another decoder (or a quantized one) are decoded by ESPnet's own
+decoder code, with a warning (CTC still scored fast). ``--fast_decoder false`` is ESPnet's
+decoding unchanged. The option may also be set in the ``--config`` YAML.
 """
 
 from __future__ import annotations
@@ -51,7 +53,8 @@ def fast_speech2text_class(base: type) -> type:
             else:
                 logging.warning(
                     "fast decoder not used: the model's decoder is %s, not a plain ESPnet "
-                    "TransformerDecoder decoded by BeamSearch; decoding with ESPnet's code",
+                    "TransformerDecoder decoded by BeamSearch; decoding with ESPnet's decoder "
+                    "code (CTC prefixes scored by espnet_prune)",
                     type(self.asr_model.decoder).__name__,
                 )
 

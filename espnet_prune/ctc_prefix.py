@@ -202,21 +202,24 @@ class CTCPrefixScoreFast:
 
     # ------------------------------------------------------------------ one step
 
-    def __call__(self, y: Sequence[torch.Tensor], states: Optional[Sequence[PrefixState]],
+    def __call__(self, y: Any, states: Optional[Sequence[PrefixState]],
                  candidates: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, ScoredStep]:
         """Scores of every prefix in ``y`` extended by each candidate.
 
         Args:
-            y: n_bh prefixes (<sos> first), B * n_hyps of them.
+            y: n_bh prefixes (<sos> first, all of one length), B * n_hyps of them: a
+                (n_bh, L) tensor or a list of 1-D tensors.
             states: their :class:`PrefixState` (None for the first step).
             candidates: (n_bh, S) token ids to score, or None for the whole vocabulary.
         Returns:
             (n_bh, O) ``log psi - log psi(prefix)``, and the :class:`ScoredStep` the kept
             hypotheses point to.
         """
-        output_length = len(y[0]) - 1
-        n_bh = len(y)
-        last = torch.as_tensor([int(yi[-1]) for yi in y], device=self.logp.device)
+        if torch.is_tensor(y):  # (n_bh, L): BatchBeamSearch's running prefixes
+            output_length, n_bh, last = y.size(1) - 1, y.size(0), y[:, -1].to(self.logp.device)
+        else:
+            output_length, n_bh = len(y[0]) - 1, len(y)
+            last = torch.as_tensor([int(yi[-1]) for yi in y], device=self.logp.device)
         if states is None:
             r_prev = self.initial_forward(n_bh // self.batch)
             s_prev: Any = 0.0
@@ -316,7 +319,8 @@ class FastCTCPrefixScorer(CTCPrefixScorer):
     def score_partial(self, y: torch.Tensor, ids: torch.Tensor, state: Any,
                       x: torch.Tensor) -> Tuple[torch.Tensor, Any]:
         prev_score, prefix = state
-        scores, step = self.impl([y], None if prefix is None else [prefix], ids.view(1, -1))
+        scores, step = self.impl(y.unsqueeze(0), None if prefix is None else [prefix],
+                                 ids.view(1, -1))
         # presub scores (log psi) of the candidates, and where their states come from
         return scores[0, ids].to(x.dtype), (step.log_psi[0, ids], (step, ids))
 

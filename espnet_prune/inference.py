@@ -11,6 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from espnet.nets.batch_beam_search import BatchBeamSearch
+
+from espnet_prune.batch_search import FastBatchBeamSearch
 from espnet_prune.ctc_prefix import FastCTCPrefixScorer
 from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 
@@ -21,8 +24,10 @@ def fast_decoding(speech2text: Any, require: bool = True) -> bool:
     Replaces ``speech2text.asr_model.decoder`` (an ESPnet ``TransformerDecoder``) by a
     :class:`PrunedTransformerDecoder` holding the same weights (loaded with every key
     checked), and points every beam-search scorer that used the old decoder at the new one.
-    The beam search's CTC prefix scorer becomes :class:`FastCTCPrefixScorer` whenever the
-    search is ESPnet's (whatever the decoder; see :func:`fast_ctc_scoring`).
+    Whatever the decoder, the beam search's CTC prefix scorer becomes
+    :class:`FastCTCPrefixScorer` (see :func:`fast_ctc_scoring`) and ESPnet's
+    ``BatchBeamSearch`` a :class:`~espnet_prune.batch_search.FastBatchBeamSearch` (the same
+    search with its per-step bookkeeping vectorised).
 
     Args:
         speech2text: ``espnet2.bin.asr_inference.Speech2Text`` (already built).
@@ -32,7 +37,10 @@ def fast_decoding(speech2text: Any, require: bool = True) -> bool:
         True when the fast decoder is in use.
     """
     in_use = _use_fast_decoder(speech2text, require)
-    fast_ctc_scoring(getattr(speech2text, "beam_search", None))
+    beam = getattr(speech2text, "beam_search", None)
+    fast_ctc_scoring(beam)
+    if type(beam) is BatchBeamSearch:  # how Speech2Text itself picks the batch search
+        beam.__class__ = FastBatchBeamSearch
     return in_use
 
 
@@ -106,12 +114,14 @@ def espnet_decoding(speech2text: Any) -> None:
     a :class:`PrunedTransformerDecoder` (``decoder: pruned_transformer``, which ESPnet's
     class cannot hold) runs ESPnet's ``forward_one_step`` / ``score`` / ``batch_score`` on its
     layers, re-projecting the encoder output and the prefix at every step. ESPnet's
-    ``CTCPrefixScorer`` comes back in place of :class:`FastCTCPrefixScorer`.
+    ``CTCPrefixScorer`` and ``BatchBeamSearch`` come back in place of ours.
     """
     from espnet.nets.scorers.ctc import CTCPrefixScorer
 
     decoder = getattr(speech2text.asr_model, "decoder", None)
     if isinstance(decoder, PrunedTransformerDecoder):
         decoder.use_fast_decoding = False
-    _swap_scorers(getattr(speech2text, "beam_search", None), FastCTCPrefixScorer,
-                  lambda v: CTCPrefixScorer(v.ctc, v.eos))
+    beam = getattr(speech2text, "beam_search", None)
+    _swap_scorers(beam, FastCTCPrefixScorer, lambda v: CTCPrefixScorer(v.ctc, v.eos))
+    if type(beam) is FastBatchBeamSearch:
+        beam.__class__ = BatchBeamSearch

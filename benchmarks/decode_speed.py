@@ -1,23 +1,29 @@
-"""Decode time with the fast exact decoder against ESPnet's TransformerDecoder.
+"""Where a decode's time goes: stock ESPnet against the fast exact decode, step by step.
 
-    python benchmarks/decode_speed.py                      # the full table (a few minutes)
-    python benchmarks/decode_speed.py --beams 20 --seconds 10 --threads 1
+    python benchmarks/decode_speed.py                      # the full table (several minutes)
+    python benchmarks/decode_speed.py --beams 20 --seconds 10 30 --threads 1
 
 The model is the LibriSpeech-100 Conformer (``conf/train_asr_conformer.yaml``: 12-block
 Conformer encoder, 6-layer Transformer decoder, 5000 tokens) with random weights. One
-decode = ``model.encode`` of random audio (frontend included) + ESPnet's
-``BatchBeamSearch`` (decoder weight 0.7, CTC prefix scorer 0.3, as ``Speech2Text`` builds
-it), run once with ESPnet's ``TransformerDecoder`` and once with
-:class:`espnet_prune.pruned_decoder.PrunedTransformerDecoder` holding the same weights.
+decode = ``model.encode`` of random audio (frontend included) + a batch beam search
+(decoder weight 0.7, CTC prefix scorer 0.3, full pre-beam, as ``Speech2Text`` builds it) by
+three systems: ``espnet`` (ESPnet 202511's ``TransformerDecoder``, ``CTCPrefixScorer`` and
+``BatchBeamSearch``), ``fast_decoder`` (our
+:class:`~espnet_prune.pruned_decoder.PrunedTransformerDecoder` holding the same weights,
+ESPnet's CTC scorer and search) and ``fast`` (our decoder,
+:class:`~espnet_prune.ctc_prefix.FastCTCPrefixScorer` and
+:class:`~espnet_prune.batch_search.FastBatchBeamSearch`: what ``espnet_prune.fast_decoding``
+installs). Each decode is split into encoder, decoder steps (``batch_score``; its output layer
+also shown apart), CTC scoring (``batch_init_state`` + ``batch_score_partial``) and the rest
+of the search (bookkeeping, pre-beam, top-k).
 
-The number of output tokens is fixed so that both decoders do the same work: the
-end-of-sentence output bias is set to -1e4 (no hypothesis ends early, for either decoder)
-and ``maxlenratio`` stops every decode after ``--tokens_per_second`` x seconds tokens.
-For each thread count, audio length and beam the two decoders run one after the other (the
-order alternating between configurations), after one warm-up decode each; the hypotheses
-of the two decoders must be identical (the script exits with status 1 otherwise).
-``ratio`` = fast / ESPnet wall time of the whole decode; ``search ratio`` leaves the
-(shared) encoder time out.
+The number of output tokens is fixed so that every system does the same work: the
+end-of-sentence output bias is set to -1e4 (no hypothesis ends early) and ``maxlenratio``
+stops every decode after ``--tokens_per_second`` x seconds tokens. For each thread count,
+audio length and beam the systems run one after the other (the order alternating between
+configurations), after one warm-up decode each, each on its own copy of the audio; the
+n-best of every system must equal ESPnet's (the script exits with status 1 otherwise).
+``ratio to espnet`` = a system's whole-decode wall time / ESPnet's.
 """
 
 from __future__ import annotations
@@ -49,13 +55,15 @@ def build(vocab_size: int) -> torch.nn.Module:
     return model
 
 
-def beam_search(model: torch.nn.Module, decoder: torch.nn.Module, ctc_scorer: type, beam: int):
-    """ESPnet's BatchBeamSearch as Speech2Text builds it (decoder 0.7, CTC 0.3, full pre-beam)."""
+def beam_search(model: torch.nn.Module, decoder: torch.nn.Module, ctc_scorer: type, beam: int,
+                search_cls: type = None):
+    """ESPnet's BatchBeamSearch (or ``search_cls``) as Speech2Text builds it (decoder 0.7,
+    CTC 0.3, full pre-beam)."""
     from espnet.nets.batch_beam_search import BatchBeamSearch
     from espnet.nets.scorers.length_bonus import LengthBonus
 
     vocab = model.vocab_size
-    return BatchBeamSearch(
+    return (search_cls or BatchBeamSearch)(
         beam_size=beam, vocab_size=vocab, sos=model.sos, eos=model.eos,
         weights=dict(decoder=0.7, ctc=0.3, length_bonus=0.0),
         scorers=dict(decoder=decoder, ctc=ctc_scorer(model.ctc, model.eos),
@@ -65,14 +73,33 @@ def beam_search(model: torch.nn.Module, decoder: torch.nn.Module, ctc_scorer: ty
 
 
 class PartTimer:
-    """Seconds spent in the decoder's and the CTC scorer's calls of one beam search."""
+    """Seconds spent in the decoder's and the CTC scorer's calls of one beam search, and in
+    the decoder's output layer (part of the decoder's time)."""
 
     def __init__(self, search) -> None:
-        self.seconds = {"decoder": 0.0, "ctc": 0.0}
+        self.seconds = {"decoder": 0.0, "ctc": 0.0, "output": 0.0}
         for name, method in (("decoder", "batch_score"), ("ctc", "batch_score_partial"),
                              ("ctc", "batch_init_state")):
             scorer = search.scorers[name]
             setattr(scorer, method, self._timed(name, getattr(scorer, method)))
+        out = search.scorers["decoder"].output_layer
+        self._start = 0.0
+        self._hooks = [out.register_forward_pre_hook(self._output_start),
+                       out.register_forward_hook(self._output_end)]
+
+    def _output_start(self, module, args) -> None:
+        self._start = time.perf_counter()
+
+    def _output_end(self, module, args, result) -> None:
+        self.seconds["output"] += time.perf_counter() - self._start
+
+    def remove(self, search) -> None:
+        """Back to the scorers' own methods, no hooks."""
+        for h in self._hooks:
+            h.remove()
+        for name, method in (("decoder", "batch_score"), ("ctc", "batch_score_partial"),
+                             ("ctc", "batch_init_state")):
+            search.scorers[name].__dict__.pop(method, None)
 
     def _timed(self, name: str, fn):
         def run(*args, **kwargs):
@@ -94,17 +121,16 @@ def decode(model, search, speech: torch.Tensor, tokens: int) -> Dict[str, Any]:
         x = enc[0]
         hyps = search(x=x, maxlenratio=(tokens + 0.5) / x.size(0), minlenratio=0.0)
         t2 = time.perf_counter()
-    for name in timer.seconds:  # the scorers are bound methods of this search only
-        delattr(search.scorers[name], "batch_score" if name == "decoder" else "batch_score_partial")
+    timer.remove(search)
     dec, ctc = timer.seconds["decoder"], timer.seconds["ctc"]
-    return dict(total=t2 - t0, encoder=t1 - t0, decoder=dec, ctc=ctc,
-                rest=(t2 - t1) - dec - ctc, hyps=hyps)
+    return dict(total=t2 - t0, encoder=t1 - t0, decoder=dec, output=timer.seconds["output"],
+                ctc=ctc, rest=(t2 - t1) - dec - ctc, hyps=hyps)
 
 
-#: The decoding systems compared: name -> (decoder kind, CTC scorer class name).
-SYSTEMS = {"espnet": ("espnet", "CTCPrefixScorer"),
-           "fast_decoder": ("fast", "CTCPrefixScorer"),
-           "fast": ("fast", "FastCTCPrefixScorer")}
+#: The decoding systems compared: name -> (decoder kind, CTC scorer, search class).
+SYSTEMS = {"espnet": ("espnet", "CTCPrefixScorer", "BatchBeamSearch"),
+           "fast_decoder": ("fast", "CTCPrefixScorer", "BatchBeamSearch"),
+           "fast": ("fast", "FastCTCPrefixScorer", "FastBatchBeamSearch")}
 
 
 def same_hyps(a, b) -> bool:
@@ -126,9 +152,11 @@ def main(argv: List[str] = None) -> int:
     a = p.parse_args(argv)
     logging.disable(logging.WARNING)
 
+    from espnet.nets.batch_beam_search import BatchBeamSearch
     from espnet.nets.scorers.ctc import CTCPrefixScorer
 
     import espnet_prune
+    from espnet_prune.batch_search import FastBatchBeamSearch
     from espnet_prune.ctc_prefix import FastCTCPrefixScorer
     from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 
@@ -136,15 +164,16 @@ def main(argv: List[str] = None) -> int:
     model = build(a.vocab_size)
     decoders = {"espnet": model.decoder,
                 "fast": PrunedTransformerDecoder.from_transformer_decoder(model.decoder)}
-    scorers = {"CTCPrefixScorer": CTCPrefixScorer, "FastCTCPrefixScorer": FastCTCPrefixScorer}
+    classes = {"CTCPrefixScorer": CTCPrefixScorer, "FastCTCPrefixScorer": FastCTCPrefixScorer,
+               "BatchBeamSearch": BatchBeamSearch, "FastBatchBeamSearch": FastBatchBeamSearch}
     print(f"# {platform.processor() or platform.machine()}, torch {torch.__version__}, "
           f"{sum(p.numel() for p in model.parameters()):,} params")
     print("# espnet: ESPnet's TransformerDecoder + CTCPrefixScorer; fast_decoder: "
           "PrunedTransformerDecoder + ESPnet's CTCPrefixScorer; fast: PrunedTransformerDecoder + "
-          "FastCTCPrefixScorer. Seconds per decode: total = encoder + decoder steps + CTC "
-          "scoring + rest of the search.")
+          "FastCTCPrefixScorer + FastBatchBeamSearch. Seconds per decode: total = encoder + "
+          "decoder steps (of which the output layer) + CTC scoring + rest of the search.")
     head = ("threads", "audio s", "beam", "tokens", "system", "total s", "encoder s",
-            "decoder s", "CTC s", "rest s", "ratio to espnet", "same hyps")
+            "decoder s", "output layer s", "CTC s", "rest s", "ratio to espnet", "same hyps")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     g = torch.Generator().manual_seed(1)
@@ -154,9 +183,9 @@ def main(argv: List[str] = None) -> int:
     results: List[Dict[str, Any]] = []
     for threads in a.threads:
         torch.set_num_threads(threads)
-        for dec_kind, ctc_kind in SYSTEMS.values():  # warm-up
-            decode(model, beam_search(model, decoders[dec_kind], scorers[ctc_kind], 2),
-                   speech[a.seconds[0]], 3)
+        for dec_kind, ctc_kind, search_kind in SYSTEMS.values():  # warm-up
+            decode(model, beam_search(model, decoders[dec_kind], classes[ctc_kind], 2,
+                                      classes[search_kind]), speech[a.seconds[0]], 3)
         for seconds in a.seconds:
             tokens = int(round(a.tokens_per_second * seconds))
             for beam in a.beams:
@@ -166,10 +195,10 @@ def main(argv: List[str] = None) -> int:
                 k += 1
                 runs = {}
                 for name in order:
-                    dec_kind, ctc_kind = SYSTEMS[name]
-                    runs[name] = decode(model, beam_search(model, decoders[dec_kind],
-                                                           scorers[ctc_kind], beam),
-                                        speech[seconds], tokens)
+                    dec_kind, ctc_kind, search_kind = SYSTEMS[name]
+                    search = beam_search(model, decoders[dec_kind], classes[ctc_kind], beam,
+                                         classes[search_kind])
+                    runs[name] = decode(model, search, speech[seconds], tokens)
                 assert all(len(h.yseq) == tokens + 2 for h in runs["espnet"]["hyps"]), \
                     "decode length not fixed"
                 for name in SYSTEMS:
@@ -177,13 +206,13 @@ def main(argv: List[str] = None) -> int:
                     same = same_hyps(runs["espnet"]["hyps"], r["hyps"])
                     ok &= same
                     row = dict(threads=threads, seconds=seconds, beam=beam, tokens=tokens,
-                               system=name, **{k2: r[k2] for k2 in
-                                               ("total", "encoder", "decoder", "ctc", "rest")},
+                               system=name, **{k2: r[k2] for k2 in ("total", "encoder", "decoder",
+                                                                     "output", "ctc", "rest")},
                                ratio=r["total"] / runs["espnet"]["total"], same=same)
                     results.append(row)
                     print(f"| {threads} | {seconds:g} | {beam} | {tokens} | {name} | "
                           f"{r['total']:.2f} | {r['encoder']:.2f} | {r['decoder']:.2f} | "
-                          f"{r['ctc']:.2f} | {r['rest']:.2f} | {row['ratio']:.3f} | "
+                          f"{r['output']:.2f} | {r['ctc']:.2f} | {r['rest']:.2f} | {row['ratio']:.3f} | "
                           f"{'yes' if same else 'NO'} |", flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=1) + "\n")

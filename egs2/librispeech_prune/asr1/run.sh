@@ -42,7 +42,7 @@ vocab_size=""
 bpe_type=unigram
 min_frames=10
 max_frames=3000
-latency_utts=10
+latency_utts=100          # test utterances timed by the report (encoder latency, whole decodes)
 fast_decoder=true         # decode Transformer decoders with espnet_prune's fast exact decoder
 train_args=""             # extra arguments for every training run
 # mini corpus size

@@ -570,24 +570,28 @@ if [ "$stage" -le 9 ] && [ "$stop_stage" -ge 9 ]; then
             log "${dec}: $(grep -m1 'Sum/Avg' "${dec}/score_wer/result.txt" || true)"
         done
     done
-    if up_to_date "${exp}/RESULTS.md" "${results[@]}"; then
+    published=()
+    [ "$dataset" = librispeech_100 ] && published=(--published librispeech_100)
+    model_args=(); for m in "${models[@]}"; do model_args+=(--model "$m"); done
+    [ "$control" = true ] && model_args+=(--control baseline_control)
+    for t in $prune_targets; do
+        tag=$(target_tag "$t"); model_args+=(--train_log "prune_${tag}=${exp}/prune_${tag}/train.log")
+        # each pruned model against its same-size baselines, in the paired-bootstrap table
+        for b in $baselines; do model_args+=(--pair "prune_${tag}:${b}_${tag}"); done
+    done
+    # shellcheck disable=SC2206
+    report_args=("${model_args[@]}" --test_sets $test_sets \
+        --data_dir "$dump" --decode_name "$inference_tag" --inference_config "$inference_config" \
+        --latency_set "${test_sets##* }" --latency_utts "$latency_utts" --threads 1 \
+        --fast_decoder "$fast_decoder" --data_format "$data_format" \
+        "${published[@]}" --output "${exp}/RESULTS.md" --json "${exp}/results.json")
+    # stale when a scored input changed or the report would be asked something else
+    if up_to_date "${exp}/RESULTS.md" "${results[@]}" \
+            && [ "$(cat "${exp}/report.args" 2>/dev/null)" = "${report_args[*]}" ]; then
         log "${exp}/RESULTS.md: complete, skipped"
     else
-        published=()
-        [ "$dataset" = librispeech_100 ] && published=(--published librispeech_100)
-        model_args=(); for m in "${models[@]}"; do model_args+=(--model "$m"); done
-        [ "$control" = true ] && model_args+=(--control baseline_control)
-        for t in $prune_targets; do
-            tag=$(target_tag "$t"); model_args+=(--train_log "prune_${tag}=${exp}/prune_${tag}/train.log")
-            # each pruned model against its same-size baselines, in the paired-bootstrap table
-            for b in $baselines; do model_args+=(--pair "prune_${tag}:${b}_${tag}"); done
-        done
-        # shellcheck disable=SC2086
-        python -m espnet_prune.recipe.report "${model_args[@]}" --test_sets $test_sets \
-            --data_dir "$dump" --decode_name "$inference_tag" --inference_config "$inference_config" \
-            --latency_set "${test_sets##* }" --latency_utts "$latency_utts" --threads 1 \
-            --fast_decoder "$fast_decoder" --data_format "$data_format" \
-            "${published[@]}" --output "${exp}/RESULTS.md" --json "${exp}/results.json"
+        python -m espnet_prune.recipe.report "${report_args[@]}"
+        echo "${report_args[*]}" > "${exp}/report.args"
     fi
     cp "${exp}/RESULTS.md" RESULTS.md
     # the plots RESULTS.md links to (relative links), beside it

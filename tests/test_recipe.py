@@ -10,28 +10,21 @@ from pathlib import Path
 
 import pytest
 
-pytest.register_assert_rewrite("recipe_fixtures")  # its asserts get pytest's messages
-from recipe_fixtures import REPO, recipe_dir, run_recipe, snapshot  # noqa: E402
+pytest.register_assert_rewrite("recipe_fixtures")  # imported before pytest loads it as a plugin
+from recipe_fixtures import RECIPE_ARGS, REPO, recipe_dir, run_recipe, snapshot  # noqa: E402
 
-# one decoded set (test): decoding dev as well runs the same code on other files
-ARGS = [
-    "--dataset", "mini", "--conf_dir", "conf/smoke", "--nj", "2", "--vocab_size", "30",
-    "--mini_n_train", "64", "--mini_n_dev", "8", "--mini_n_test", "8", "--latency_utts", "2",
-    "--baselines", "scratch magnitude layerdrop", "--test_sets", "test",
-]
+pytest_plugins = ["recipe_fixtures"]  # recipe_run: started in the background (see recipe_fixtures)
 COMPARED = ("baseline_control", "scratch_params0.5", "magnitude_params0.5", "layerdrop_params0.5")
 
 
 def _run(work: Path, *extra: str):
-    return run_recipe(work, *ARGS, *extra, timeout=3600)
+    return run_recipe(work, *RECIPE_ARGS, *extra)
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
-    work = recipe_dir(tmp_path_factory.mktemp("asr1"))
-    proc = _run(work)
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return work, proc
+def recipe(recipe_run):
+    assert recipe_run.returncode == 0, recipe_run.stderr[-4000:]
+    return recipe_run.work, recipe_run
 
 
 def test_every_stage_produces_its_outputs(recipe):

@@ -10,6 +10,7 @@ hand-made configs without training.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -21,32 +22,25 @@ import pytest
 import yaml
 
 from espnet_prune.recipe import teacher as T
-from espnet_teacher import train_teacher
 
 pytest.register_assert_rewrite("recipe_fixtures")  # imported before pytest loads it as a plugin
 from recipe_fixtures import REPO, recipe_dir, run_recipe, snapshot  # noqa: E402
 
-pytest_plugins = ["recipe_fixtures"]  # tiny_corpus, shared with test_data_mini_corpus
+pytest_plugins = ["recipe_fixtures"]  # teacher_run (in the background), tiny_corpus
 
 
 # --------------------------------------------------------------------------- end to end
 
 
 @pytest.fixture(scope="module")
-def pruned(tmp_path_factory, tiny_corpus):
-    root = tmp_path_factory.mktemp("teacher")
-    corpus = tiny_corpus  # the user's ESPnet data dirs (dump/raw/<set> layout)
-    teacher = train_teacher(corpus, root / "espnet_recipe", epochs=3, size="tiny")
-    user_files = {**snapshot(corpus), **{f"r/{k}": v for k, v in snapshot(root / "espnet_recipe").items()}}
-    work = recipe_dir(root / "asr1")
-    args = ["--conf_dir", "conf/smoke", "--nj", "2", "--latency_utts", "2",
-            "--teacher_config", str(root / "espnet_recipe" / teacher["config"]),
-            "--teacher_model", str(root / "espnet_recipe" / teacher["model"]),
-            "--data_format", "raw", "--dump_dir", str(corpus), "--test_sets", "test"]
-    proc = run_recipe(work, *args, "--stage", "5")
-    assert proc.returncode == 0, proc.stderr[-4000:]
-    return dict(root=root, corpus=corpus, recipe=root / "espnet_recipe", teacher=teacher, work=work,
-                args=args, proc=proc, user_files=user_files)
+def pruned(teacher_run, tiny_corpus):
+    """The run of ``recipe_fixtures.teacher_main`` (started in the background) on the tiny corpus."""
+    assert teacher_run.returncode == 0, teacher_run.stderr[-4000:]
+    root = teacher_run.work.parent
+    result = json.loads((root / "result.json").read_text())
+    teacher = {k: Path(v) for k, v in result["teacher"].items()}
+    return dict(root=root, corpus=tiny_corpus, recipe=root / "espnet_recipe", teacher=teacher,
+                work=teacher_run.work, args=result["args"], proc=teacher_run, user_files=result["user_files"])
 
 
 def test_stages_5_to_9_prune_the_given_teacher(pruned):
@@ -60,8 +54,6 @@ def test_stages_5_to_9_prune_the_given_teacher(pruned):
               "prune_params0.5/final/decode_asr_test/score_wer/result.txt",
               "data/train/speech_shape", "data/dev/text_shape.bpe"):
         assert (exp / p).is_file(), p
-    import json
-
     results = json.loads((exp / "results.json").read_text())
     names = [m["name"] for m in results["models"]]
     assert names == ["teacher", "prune_params0.5"]

@@ -125,3 +125,14 @@ def espnet_decoding(speech2text: Any) -> None:
     _swap_scorers(beam, FastCTCPrefixScorer, lambda v: CTCPrefixScorer(v.ctc, v.eos))
     if type(beam) is FastBatchBeamSearch:
         beam.__class__ = BatchBeamSearch
+
+
+def quantize_dynamic(model: Any, modules: Any = ("Linear",), dtype: str = "qint8") -> None:
+    """ESPnet's ``--quantize_asr_model``, in place: dynamic quantization of ``model``'s
+    ``modules`` (names in ``torch.nn``) to ``dtype``; modules keep their identity, so a beam
+    search built on the model (e.g. after :func:`fast_decoding`) scores with the quantized
+    layers."""
+    import torch
+
+    torch.quantization.quantize_dynamic(model, qconfig_spec={getattr(torch.nn, m) for m in modules},
+                                        dtype=getattr(torch, dtype), inplace=True)

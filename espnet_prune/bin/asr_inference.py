@@ -13,8 +13,11 @@ and values of the encoder output are computed once per utterance and the self-at
 keys and values of the prefix are kept between steps; CTC prefixes are scored by
 :class:`espnet_prune.ctc_prefix.FastCTCPrefixScorer` (same scores, no Python loop over
 frames). Models with another decoder (or a quantized one) are decoded by ESPnet's own
-decoder code, with a warning (CTC still scored fast). ``--fast_decoder false`` is ESPnet's
-decoding unchanged. The option may also be set in the ``--config`` YAML.
+decoder code, with a warning (CTC still scored fast). ``--quantize_asr_model true`` (ESPnet's
+dynamic int8) works with it: the model is quantized after the swap, with ESPnet's call and
+options (int8 results differ from ESPnet's int8 decode in rounding: the fast decoder feeds
+its linears one new token instead of the whole prefix, and dynamic quantization scales by
+each input's range). ``--fast_decoder false`` is ESPnet's decoding unchanged. The option may also be set in the ``--config`` YAML.
 """
 
 from __future__ import annotations
@@ -47,8 +50,17 @@ def fast_speech2text_class(base: type) -> type:
 
     class FastDecoderSpeech2Text(base):  # type: ignore[misc, valid-type]
         def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            if espnet_prune.fast_decoding(self, require=False):
+            # int8: quantized after the decoder swap (a quantized ESPnet decoder cannot be
+            # converted), with ESPnet's own call and options
+            quantize = bool(kwargs.get("quantize_asr_model", False))
+            super().__init__(*args, **dict(kwargs, quantize_asr_model=False))
+            fast = espnet_prune.fast_decoding(self, require=False)
+            if quantize:
+                from espnet_prune.inference import quantize_dynamic
+
+                quantize_dynamic(self.asr_model, kwargs.get("quantize_modules", ["Linear"]),
+                                 kwargs.get("quantize_dtype", "qint8"))
+            if fast:
                 logging.info("fast decoder: pruned_transformer (espnet_prune)")
             else:
                 logging.warning(

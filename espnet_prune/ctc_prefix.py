@@ -318,7 +318,7 @@ class FastCTCPrefixScorer(CTCPrefixScorer):
 
     def score_partial(self, y: torch.Tensor, ids: torch.Tensor, state: Any,
                       x: torch.Tensor) -> Tuple[torch.Tensor, Any]:
-        prev_score, prefix = state
+        _, prefix = state  # the prefix score is also in prefix.score
         scores, step = self.impl(y.unsqueeze(0), None if prefix is None else [prefix],
                                  ids.view(1, -1))
         # presub scores (log psi) of the candidates, and where their states come from

@@ -20,7 +20,7 @@ the same scores another way (``../shared/DESIGN.md`` §2.5):
       r^n_t = A_t + logcumsumexp_s (phi_{s-1} - A_{s-1}),   A_t = sum_{u<=t} x_u(c)
       r^b_t = B_t + logcumsumexp_s (r^n_{s-1} - B_{s-1}),   B_t = sum_{u<=t} x_u(blank)
 
-The scores are ESPnet's up to float rounding (the prefix scores use ESPnet's own reduction on
+The scores are ESPnet's up to float rounding (the same sums, reduced in another order, on
 forward variables that differ from ESPnet's float32 loop by rounding only); the tests check
 hypotheses and scores against ESPnet 202511 in ``BeamSearch`` and ``BatchBeamSearch``.
 ESPnet's attention-window option (``margin``) is not supported: ``Speech2Text`` never sets it.
@@ -89,19 +89,20 @@ class CTCPrefixScoreFast:
         for i, n in enumerate(lengths.tolist()):  # padding: blank with probability one
             logp[i, n:, :] = LOGZERO
             logp[i, n:, blank] = 0.0
-        self.logp = logp.transpose(0, 1).contiguous()  # (T, B, O)
-        self.logp_by_token = logp.permute(0, 2, 1).reshape(-1, logp.size(1)).contiguous()  # (B*O, T)
+        # one row of frames per (utterance, token): every gather reads contiguous rows
+        self.logp = logp.transpose(1, 2).reshape(-1, logp.size(1)).contiguous()  # (B * O, T)
         self.blank, self.eos = blank, eos
-        self.batch = logp.size(0)
+        self.batch, self.odim = logp.size(0), logp.size(2)
         self.end_frames = torch.as_tensor(lengths, device=logp.device).long() - 1
 
     @property
     def frames(self) -> int:
-        return self.logp.size(0)
+        return self.logp.size(1)
 
-    @property
-    def odim(self) -> int:
-        return self.logp.size(2)
+    def rows(self, utt: torch.Tensor, tokens: Any, frames: Optional[int] = None) -> torch.Tensor:
+        """(len(utt), frames) log-posteriors of ``tokens[i]`` in utterance ``utt[i]``."""
+        rows = self.logp.index_select(0, utt * self.odim + tokens)
+        return rows if frames is None else rows[:, :frames]
 
     # ------------------------------------------------------------------ initial state
 
@@ -109,7 +110,8 @@ class CTCPrefixScoreFast:
         """(T, 2, B * n_hyps) forward variables of the empty prefix: only blanks."""
         r = torch.full((self.frames, 2, self.batch, n_hyps), LOGZERO, dtype=self.logp.dtype,
                        device=self.logp.device)
-        r[:, 1] = torch.cumsum(self.logp[:, :, self.blank], 0).unsqueeze(2)
+        utts = torch.arange(self.batch, device=self.logp.device)
+        r[:, 1] = torch.cumsum(self.rows(utts, self.blank).t(), 0).unsqueeze(2)
         return r.view(self.frames, 2, -1)
 
     # ------------------------------------------------------------------ prefix scores
@@ -142,7 +144,7 @@ class CTCPrefixScoreFast:
         chunk = max(1, CHUNK_ELEMENTS // max(1, T * n_bh))
         for c0 in range(0, candidates.size(1), chunk):
             cand = candidates[:, c0:c0 + chunk]  # (n_bh, S)
-            x = self.logp_by_token.index_select(0, (cand + offset).view(-1)).view(n_bh, -1, T)
+            x = self.logp.index_select(0, (cand + offset).view(-1)).view(n_bh, -1, T)
             terms = x[:, :, start:] + phi  # log phi_{t-1} + x_t, t in [start, T)
             # a repeated last token continues only the paths that end in blank
             hs, js = torch.nonzero(cand == last.unsqueeze(1), as_tuple=True)
@@ -171,13 +173,12 @@ class CTCPrefixScoreFast:
         T, n_bh = r_prev.size(0), r_prev.size(2)
         start = max(step.output_length, 1)
         utt = hyps // (n_bh // self.batch)
-        flat = self.logp[:T].view(T, -1)  # (T, B * O)
-        x_c = flat.index_select(1, utt * self.odim + tokens).double()  # (T, k)
-        x_b = flat.index_select(1, utt * self.odim + self.blank).double()
+        x_c = self.rows(utt, tokens, T).t().double()  # (T, k)
+        x_b = self.rows(utt, self.blank, T).t().double()
         prev = r_prev[:, :, hyps].double()  # (T, 2, k)
         phi = torch.where((tokens == step.last[hyps]).unsqueeze(0), prev[:, 1],
                           torch.logaddexp(prev[:, 0], prev[:, 1]))
-        r = torch.full((T, 2, hyps.numel()), LOGZERO, dtype=torch.float64, device=flat.device)
+        r = torch.full((T, 2, hyps.numel()), LOGZERO, dtype=torch.float64, device=x_c.device)
         if step.output_length == 0:
             r[0, 0] = x_c[0]
         if start < T:
@@ -242,10 +243,9 @@ class CTCPrefixScoreFast:
         """Take (1, T', O) posteriors of a longer input; the first T frames stay as they are."""
         if logp.size(1) <= self.frames:
             return
-        new = logp.detach().transpose(0, 1).clone()
-        new[: self.frames] = self.logp
-        self.logp = new.contiguous()
-        self.logp_by_token = self.logp.permute(1, 2, 0).reshape(-1, self.logp.size(0)).contiguous()
+        new = logp.detach().transpose(1, 2).reshape(-1, logp.size(1)).clone()
+        new[:, : self.frames] = self.logp
+        self.logp = new
         self.end_frames = torch.full_like(self.end_frames, self.frames - 1)
 
     def extend_state(self, state: Optional[PrefixState]) -> Optional[PrefixState]:
@@ -257,7 +257,7 @@ class CTCPrefixScoreFast:
         n = r.size(0)
         if n >= self.frames:
             return state
-        blank = self.logp[n:, 0, self.blank].to(r.dtype)
+        blank = self.logp[self.blank, n:].to(r.dtype)  # utterance 0 (streaming: one)
         tail = torch.full((self.frames - n, 2), LOGZERO, dtype=r.dtype, device=r.device)
         tail[:, 1] = r[-1, 1] + torch.cumsum(blank, 0)
         return PrefixState(score=state.score, forward=torch.cat((r, tail), dim=0))

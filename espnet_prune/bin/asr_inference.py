@@ -17,7 +17,8 @@ decoder code, with a warning (CTC still scored fast). ``--quantize_asr_model tru
 dynamic int8) works with it: the model is quantized after the swap, with ESPnet's call and
 options (int8 results differ from ESPnet's int8 decode in rounding: the fast decoder feeds
 its linears one new token instead of the whole prefix, and dynamic quantization scales by
-each input's range). ``--fast_decoder false`` is ESPnet's decoding unchanged. The option may also be set in the ``--config`` YAML.
+each input's range). ``--fast_decoder false`` is ESPnet's decoding unchanged. The option may
+also be set in the ``--config`` YAML.
 """
 
 from __future__ import annotations

@@ -81,14 +81,10 @@ class GatedConformerBlock(ConformerBlock):
         keep = self.eval_keep[name]
         unit = None
         if has_units:
-            median = self.gates[unit_gate].open_median()
-            unit = torch.zeros_like(median)
-            unit[keep.to(median.device)] = median[keep.to(median.device)]
-        if has_whole:
-            whole = self.gates[name].open_median()[0]
-            whole = whole if keep.numel() else torch.zeros_like(whole)
-        else:
-            whole = None
+            unit = self.gates[unit_gate](keep)
+        whole = None
+        if has_whole:  # a one-unit gate: open when the module keeps any unit
+            whole = self.gates[name](torch.arange(int(keep.numel() > 0)))[0]
         return unit, whole
 
     def branch_scales(self) -> Dict[str, Optional[Tensor]]:

@@ -316,14 +316,7 @@ class GatedConv2dSubsampling(torch.nn.Module):
                 "it, or set it from keep_from_selection() / select_keep()"
             )
         keep = self._checked_keep(self.eval_keep, "eval_keep")
-        masks = []
-        for gate, idx in zip(self.gates, keep):
-            median = gate.open_median()
-            idx = idx.to(median.device)
-            mask = torch.zeros_like(median)
-            mask[idx] = median[idx]
-            masks.append(mask)
-        return masks
+        return [gate(idx) for gate, idx in zip(self.gates, keep)]
 
     def forward(self, x: Tensor, x_mask: Optional[Tensor], *args, **kwargs):
         """ESPnet's ``forward`` of the wrapped class with the channel gates applied.
@@ -465,7 +458,7 @@ class GatedConv2dSubsampling(torch.nn.Module):
         Linear's ``channel * F'`` column block). The positional encoding is copied.
         """
         keep = self._checked_keep(self.eval_keep if keep is None else list(keep), "keep")
-        scales = [g.open_median()[k.to(g.log_alpha.device)] for g, k in zip(self.gates, keep)]
+        scales = [g.kept_values(k) for g, k in zip(self.gates, keep)]
         channels = [int(k.numel()) for k in keep]
         ref = self.convs[0].weight
         pruned = pruned_subsampling(

@@ -233,8 +233,8 @@ class GatedDecoderLayer(DecoderLayer):
                 idx = idx.to(device=device, dtype=torch.long)
             else:  # the one-unit group of a sublayer gate
                 idx = all_units if idx.numel() else all_units[:0]
-            unit_scale = self.gates[unit_gate].open_median()[idx] if has_units else None
-            scale = self.gates[name].open_median()[0] if has_whole else None
+            unit_scale = self.gates[unit_gate].kept_values(idx) if has_units else None
+            scale = self.gates[name].kept_values(all_units[:1])[0] if has_whole else None
             out[name] = SublayerDecision(idx, unit_scale, scale)
         return out
 
@@ -243,14 +243,13 @@ class GatedDecoderLayer(DecoderLayer):
         a removed sublayer has branch scale 0."""
         masks: Dict[str, Masks] = {}
         for name, d in self.decisions(keep).items():
-            unit = None
-            if d.unit_scale is not None:
-                n = _unit_count(self.sublayer(name))
-                unit = d.unit_scale.new_zeros(n).index_copy(0, d.keep, d.unit_scale)
-            scale = d.scale
-            if d.keep.numel() == 0:
-                ref = d.unit_scale if d.unit_scale is not None else d.scale
-                scale = ref.new_zeros(()) if ref is not None else None
+            unit_gate = SUBLAYERS[name][0]
+            unit = self.gates[unit_gate](d.keep) if unit_gate in self.gates else None
+            scale = None
+            if name in self.gates:  # a one-unit gate: open when the sublayer keeps any unit
+                scale = self.gates[name](torch.arange(int(d.keep.numel() > 0)))[0]
+            elif d.keep.numel() == 0 and unit is not None:
+                scale = unit.new_zeros(())
             masks[name] = (unit, scale)
         return masks
 

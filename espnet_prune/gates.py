@@ -6,19 +6,16 @@ A :class:`HardConcreteGate` holds ``n`` independent stochastic gates ``z`` in
 * train mode: ``u ~ U(0, 1)``,
   ``s = sigmoid((log u - log(1 - u) + log_alpha) / beta)``,
   ``z = clamp(s * (r - l) + l, 0, 1)``;
-* eval mode (deterministic): keep the ``round(sum P(z > 0))`` gates with the
-  largest ``log_alpha``, each at its median value *given that it is open*
-  (``u`` halfway between the smallest ``u`` that opens the gate and 1): exactly 1
-  for gates that are nearly always fully open, and > 0 for every kept gate, so
-  the number of kept gates is exactly the rounded expectation; every other gate
-  is 0.
+* eval mode: a mask is deterministic and needs a selection: the kept gates
+  (chosen for all gates of the model together against the target's budget,
+  :mod:`espnet_prune.budget`) are each at their median value *given that they
+  are open* (``u`` halfway between the smallest ``u`` that opens the gate and
+  1): exactly 1 for gates that are nearly always fully open, and > 0 for every
+  kept gate; every other gate is 0 (:meth:`HardConcreteGate.eval_mask`, the one
+  eval-mode rule every gated part uses).
 
 ``P(z > 0) = sigmoid(log_alpha - beta * log(-l / r))`` is the differentiable
 keep probability used by the expected-cost model (:mod:`espnet_prune.cost`).
-
-The gated encoder, front end and decoder do not use a gate's own eval mask: which
-units a pruned model keeps is chosen for all gates together against the target's
-budget (:mod:`espnet_prune.budget`), and each kept unit gets :meth:`open_median`.
 """
 
 from __future__ import annotations
@@ -127,19 +124,16 @@ class HardConcreteGate(torch.nn.Module):
         s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / c.temperature)
         return (s * (c.limit_r - c.limit_l) + c.limit_l).clamp(0.0, 1.0)
 
-    def deterministic(self, n_keep: Optional[int] = None) -> torch.Tensor:
-        """Eval-mode mask, shape ``(n,)``: the ``n_keep`` gates of largest log_alpha
-        (default ``round(E[#kept])``) at their open medians, zeros elsewhere."""
-        if n_keep is None:
-            with torch.no_grad():
-                n_keep = int(round(float(self.keep_prob().sum())))
-        median = self.open_median()
-        if n_keep >= self.n:
-            return median
-        keep = torch.zeros_like(median, dtype=torch.bool)
-        if n_keep > 0:
-            keep[torch.topk(self.log_alpha.detach(), n_keep).indices] = True
-        return torch.where(keep, median, torch.zeros_like(median))
+    def eval_mask(self, keep: torch.Tensor) -> torch.Tensor:
+        """Eval-mode mask, shape ``(n,)``: the gates at indices ``keep`` (shape
+        ``(k,)``, from the model-wide selection) at their open medians, 0 elsewhere."""
+        keep = keep.to(device=self.log_alpha.device, dtype=torch.long)
+        return self.log_alpha.new_zeros(self.n).index_copy(0, keep, self.kept_values(keep))
+
+    def kept_values(self, keep: torch.Tensor) -> torch.Tensor:
+        """Values of the kept gates ``keep`` (indices, shape ``(k,)``) in eval mode: their
+        open medians, shape ``(k,)`` (what the shrinker folds into the kept weights)."""
+        return self.open_median()[keep.to(device=self.log_alpha.device, dtype=torch.long)]
 
     def open_median(self) -> torch.Tensor:
         """Median of ``z`` given ``z > 0``, shape ``(n,)``, in (0, 1]."""
@@ -153,5 +147,13 @@ class HardConcreteGate(torch.nn.Module):
         z = (s * (c.limit_r - c.limit_l) + c.limit_l).clamp(0.0, 1.0)
         return z.to(self.log_alpha.dtype)
 
-    def forward(self) -> torch.Tensor:
-        return self.sample() if self.training else self.deterministic()
+    def forward(self, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """A sample in train mode; in eval mode :meth:`eval_mask` of ``keep``."""
+        if self.training:
+            return self.sample()
+        if keep is None:
+            raise ValueError(
+                "a gate's eval-mode mask needs the kept indices of the model-wide "
+                "selection (espnet_prune.budget): call gate(keep)"
+            )
+        return self.eval_mask(keep)

@@ -25,28 +25,30 @@ def test_init_keep_prob_is_honoured():
         assert gate.keep_prob().mean().item() == pytest.approx(p, abs=1e-5)
 
 
-def test_deterministic_mask_keeps_expected_number_of_top_gates():
+def test_eval_mask_keeps_the_selection_at_open_medians():
     torch.manual_seed(1)
     gate = HardConcreteGate(10, GateConfig())
     gate.log_alpha.data = torch.linspace(-4, 4, 10)[torch.randperm(10)]
     gate.eval()
-    z = gate()
-    n_keep = round(gate.keep_prob().sum().item())
-    kept = torch.nonzero(z > 0).flatten()
-    top = torch.topk(gate.log_alpha, n_keep).indices
-    # exactly the round(E[#kept]) gates of largest log_alpha are kept, all with z > 0
-    assert sorted(kept.tolist()) == sorted(top.tolist())
+    keep = torch.tensor([7, 2, 5, 0])  # any selection, including closed gates
+    z = gate(keep)
+    # exactly the selected gates are non-zero, and every selected gate is > 0
+    assert sorted(torch.nonzero(z > 0).flatten().tolist()) == sorted(keep.tolist())
+    assert torch.equal(z[keep], gate.kept_values(keep))
     # each at the Monte Carlo median of its train-mode samples given z > 0
     gate.train()
     samples = torch.stack([gate.sample().detach() for _ in range(20000)])
-    for i in top.tolist():
+    for i in keep.tolist():
         open_samples = samples[:, i][samples[:, i] > 0]
-        assert abs(open_samples.median().item() - z[i].item()) < 0.03, i
+        if open_samples.numel() > 200:  # a nearly always closed gate has too few samples
+            assert abs(open_samples.median().item() - z[i].item()) < 0.03, i
 
 
 def test_confident_gates_are_exactly_one_in_eval():
     gate = HardConcreteGate(3, GateConfig(init_keep_prob=0.99, init_std=0.0)).eval()
-    assert torch.equal(gate(), torch.ones(3))
+    assert torch.equal(gate(torch.arange(3)), torch.ones(3))
+    assert torch.equal(gate(torch.tensor([1])), torch.tensor([0.0, 1.0, 0.0]))
+    assert torch.equal(gate(torch.arange(0)), torch.zeros(3))
 
 
 def test_eval_mode_is_deterministic_and_train_mode_samples():
@@ -54,7 +56,10 @@ def test_eval_mode_is_deterministic_and_train_mode_samples():
     gate.train()
     assert not torch.equal(gate(), gate())
     gate.eval()
-    assert torch.equal(gate(), gate())
+    keep = torch.tensor([1, 4])
+    assert torch.equal(gate(keep), gate(keep))
+    with pytest.raises(ValueError, match="kept indices"):
+        gate()  # the eval-mode mask belongs to a model-wide selection
 
 
 def test_espnet_initialize_does_not_zero_log_alpha():

@@ -69,6 +69,8 @@ def fake_stage3_outputs(work: Path) -> None:
     (["--stage", "5"], {}, "exp/mini/asr_baseline/final/model.pth: not found (the baseline, made by stage 4)"),
     (["--stage", "4"], {}, "dump/mini/fbank/train_filt/feats.scp: not found (made by stage 2)"),
     (["--stage", "7", "--prune_targets", "0.3"], {}, "exp/mini/prune_params0.3/final/model.pth: not found"),
+    (["--stage", "5", "--prune_config", "conf/smoke/train_asr_conformer.yaml"], {},
+     "conf/smoke/train_asr_conformer.yaml: encoder_conf.output_size: the architecture comes from the teacher"),
 ])
 def test_bad_options_fail_before_any_stage(work, args, env, message):
     proc = run_recipe(work, *args, **env)

@@ -328,9 +328,21 @@ def test_check_rejects_missing_data(fake_teacher):
 
 
 def test_check_rejects_architecture_in_the_pruning_config(fake_teacher):
-    prune = yaml.safe_load((REPO / "conf/smoke/prune_asr_conformer.yaml").read_text())  # full architecture
-    with pytest.raises(T.TeacherError, match=r"encoder_conf\.\w+: the architecture comes from the teacher"):
+    prune = yaml.safe_load((REPO / "conf/smoke/prune_asr_conformer.yaml").read_text())
+    prune["encoder_conf"]["output_size"] = 32  # an architecture key
+    with pytest.raises(T.TeacherError, match=r"encoder_conf\.output_size: the architecture comes from the teacher"):
         _check(fake_teacher, prune=prune)
+    prune["encoder_conf"].pop("output_size")
+    prune["model_conf"]["teacher_config"] = "exp/x/config.yaml"  # set by run.sh, harmless here
+    prune["frontend"] = "default"
+    with pytest.raises(T.TeacherError, match=r"frontend: comes from the teacher's config"):
+        _check(fake_teacher, prune=prune)
+
+
+@pytest.mark.parametrize("conf_dir", ["conf", "conf/mini", "conf/smoke"])
+def test_shipped_pruning_configs_hold_pruning_options_only(conf_dir):
+    for name in ("prune_asr_conformer.yaml", "prune_from_teacher.yaml"):
+        T.check_prune_options(yaml.safe_load((REPO / conf_dir / name).read_text()), where=name)
 
 
 def test_relative_paths_resolve_through_teacher_root_first(fake_teacher, tmp_path):

@@ -1,13 +1,17 @@
-"""Prune a model the user already has: an ESPnet ASR Conformer trained by ESPnet's own recipes.
+"""The teacher side of pruning: a pruning config merged with the teacher's architecture, and
+importing a model the user already has (an ESPnet ASR Conformer trained by ESPnet's own recipes).
 
-``run.sh --teacher_config CONFIG --teacher_model PTH`` calls these steps before any stage::
+Stage 5 writes every pruning run's config with ``prune_config`` (the recipe's own baseline is a
+teacher too). ``run.sh --teacher_config CONFIG --teacher_model PTH`` calls these steps before
+any stage::
 
     python -m espnet_prune.recipe.teacher check --teacher_config C --teacher_model M \\
         [--teacher_root DIR] --prune_config P [--data_dir D/train --data_dir D/dev ...]
     python -m espnet_prune.recipe.teacher import --teacher_config C --teacher_model M \\
         [--teacher_root DIR] --output_dir exp/x/asr_teacher/final
     python -m espnet_prune.recipe.teacher prune_config --teacher_dir exp/x/asr_teacher/final \\
-        --prune_config conf/teacher/prune_asr_conformer.yaml --target params:0.5 --output exp/x/p/train.yaml
+        --prune_config conf/prune_asr_conformer.yaml --target params:0.5 --output exp/x/p/train.yaml
+    python -m espnet_prune.recipe.teacher check_prune_config --prune_config conf/prune_asr_conformer.yaml
     python -m espnet_prune.recipe.teacher shapes --teacher_dir T --data_dir dump/raw/train --out_dir exp/x/data/train
     python -m espnet_prune.recipe.teacher speech_type --data_dir dump/raw/train      # prints sound | kaldi_ark
 
@@ -97,7 +101,7 @@ def resolve_path(value: str, key: str, config: Path, root: Optional[Path] = None
 def load_config(config: Path) -> Dict[str, Any]:
     config = Path(config)
     if not config.is_file():
-        raise TeacherError(f"--teacher_config: file not found: {config}")
+        raise TeacherError(f"{config}: file not found")
     try:
         conf = yaml.safe_load(config.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
@@ -305,8 +309,9 @@ def import_teacher(config: Path, model: Path, output_dir: Path, root: Optional[P
 # --------------------------------------------------------------------------- merged config
 
 
-def merge_configs(teacher: Dict[str, Any], prune: Dict[str, Any], where: str = "pruning config") -> Dict[str, Any]:
-    """Training config = teacher architecture + pruning options (module docstring)."""
+def check_prune_options(prune: Dict[str, Any], where: str = "pruning config") -> None:
+    """A pruning config holds pruning options only (module docstring); else a
+    :class:`TeacherError` naming ``where`` and the first offending key."""
     clash = [k for k in TEACHER_KEYS if k in prune and k not in OVERRIDABLE
              and k not in ("encoder", "encoder_conf", "decoder", "decoder_conf")]
     if clash:
@@ -322,6 +327,11 @@ def merge_configs(teacher: Dict[str, Any], prune: Dict[str, Any], where: str = "
         raise TeacherError(f"{where}: encoder={prune.get('encoder')!r}: a pruning config uses gated_conformer")
     if prune.get("decoder") not in (None, "gated_transformer"):
         raise TeacherError(f"{where}: decoder={prune.get('decoder')!r}: use gated_transformer or leave it out")
+
+
+def merge_configs(teacher: Dict[str, Any], prune: Dict[str, Any], where: str = "pruning config") -> Dict[str, Any]:
+    """Training config = teacher architecture + pruning options (module docstring)."""
+    check_prune_options(prune, where)
     out = {k: v for k, v in prune.items() if k not in ("model_conf",)}
     for k in TEACHER_KEYS:
         if k in teacher and not (k in OVERRIDABLE and k in prune):
@@ -444,6 +454,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--max_unk_rate", type=float, default=0.01)
     c.add_argument("--check_utts", type=int, default=1000)
     i.add_argument("--output_dir", type=Path, required=True)
+    o = sub.add_parser("check_prune_config")
+    o.add_argument("--prune_config", type=Path, required=True)
     m = sub.add_parser("prune_config")
     m.add_argument("--teacher_dir", type=Path, required=True)
     m.add_argument("--prune_config", type=Path, required=True)
@@ -462,6 +474,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                       a.data_dir, a.max_unk_rate, a.check_utts)
         elif a.cmd == "import":
             import_teacher(a.teacher_config, a.teacher_model, a.output_dir, a.teacher_root)
+        elif a.cmd == "check_prune_config":
+            check_prune_options(load_config(a.prune_config), where=str(a.prune_config))
         elif a.cmd == "prune_config":
             write_prune_config(a.teacher_dir, a.prune_config, a.output, a.target)
         elif a.cmd == "shapes":

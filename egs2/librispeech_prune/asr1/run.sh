@@ -224,7 +224,12 @@ if [ ${#problems[@]} -eq 0 ]; then
     fbank=true; [ "$teacher_mode" = true ] && fbank=false
     { { [ "$fbank" = true ] && runs 4; } || { [ "$control" = true ] && runs 5; } || { [[ " $baselines " == *" scratch "* ]] && runs 7; }; } &&
         need "$train_config" "--train_config"
-    runs 5 && need "$prune_config" "--prune_config"
+    if runs 5; then
+        need "$prune_config" "--prune_config"
+        # pruning options only: the architecture comes from the teacher
+        [ -e "$prune_config" ] && ! err=$(python -m espnet_prune.recipe.teacher check_prune_config \
+            --prune_config "$prune_config" 2>&1) && problems+=("${err#TeacherError: }")
+    fi
     { { runs 6 && [ "$finetune" = true ]; } || { [ "$control" = true ] && runs 5; } || { [ -n "$baselines" ] && runs 7; }; } &&
         need "$finetune_config" "--finetune_config"
     { runs 8 || runs 9; } && need "$inference_config" "--inference_config"
@@ -368,17 +373,11 @@ prune_job() {  # prune_job TARGET: gated training distilled from the teacher -> 
     if up_to_date "${out}/final_gated/model.pth" "${baseline}/final/model.pth" "$prune_config"; then
         log "${out}: complete, skipped"; return 0
     fi
-    local config=$prune_config
-    if [ "$teacher_mode" = true ]; then  # the teacher's architecture + the pruning options
-        config=${out}/prune_config.yaml
-        mkdir -p "$out"
-        python -m espnet_prune.recipe.teacher prune_config --teacher_dir "${baseline}/final" \
-            --prune_config "$prune_config" --output "$config"
-    fi
-    train "$out" "$config" \
-        --model_conf "teacher_config=${baseline}/final/config.yaml" \
-        --model_conf "teacher_model_file=${baseline}/final/model.pth" \
-        --model_conf "target={${target%%:*}: ${target#*:}}"
+    # the teacher's architecture + the pruning options, with the teacher's files and the target
+    mkdir -p "$out"
+    python -m espnet_prune.recipe.teacher prune_config --teacher_dir "${baseline}/final" \
+        --prune_config "$prune_config" --target "$target" --output "${out}/prune_config.yaml"
+    train "$out" "${out}/prune_config.yaml"
     # the gates move until the end: keep the last epoch, not an average
     python -m espnet_prune.recipe.steps export --config "${out}/config.yaml" \
         --model "${out}/latest.pth" --output_dir "${out}/final_gated"

@@ -25,7 +25,7 @@ from espnet_prune.options import inherit_signature
 
 from espnet_prune.blocks import ConformerBlock, as_masked_input, output_layer, unit_count
 from espnet_prune.budget import UnitGroup, module_group
-from espnet_prune.cost import block_constant_cost, frontend_cost, module_unit_cost
+from espnet_prune.cost import block_constant_cost, check_metric, frontend_cost, module_unit_cost
 from espnet_prune.frontend import SUBSAMPLING_CLASSES, GatedConv2dSubsampling
 from espnet_prune.gates import GateConfig, HardConcreteGate
 from espnet_prune.structure import GRANULARITIES, MODULES, BlockStructure, ConformerDims
@@ -251,19 +251,17 @@ class GatedConformerEncoder(ConformerEncoder):
         differentiable keep scores and costs in ``metric`` (``params`` / ``macs`` at
         ``ctx``), and the cost in ``scope`` (``blocks``, ``encoder`` or ``model``)
         that no gate of the encoder removes."""
-        if metric not in ("params", "macs"):
-            raise ValueError(f"unknown cost metric {metric!r}")
-        kind = f"block_{metric}"
+        check_metric(metric)
         fe_params, fe_macs, t = frontend_cost(self.dims, ctx.input_frames)
         groups: List[UnitGroup] = []
         constant: Any = 0.0
         for i, block in enumerate(self.encoders):
-            constant += block_constant_cost(self.dims, kind)
+            constant += block_constant_cost(self.dims, metric)
             for name, (unit_gate, _) in MODULES.items():
                 module = block.module(name)
                 if module is None:
                     continue
-                unit_cost, fixed = module_unit_cost(self.dims, name, kind, t)
+                unit_cost, fixed = module_unit_cost(self.dims, name, metric, t)
                 n = unit_count(module)
                 group = module_group(
                     (i, name), n, unit_cost, fixed,

@@ -55,6 +55,13 @@ from espnet.nets.pytorch_backend.transformer.subsampling import (
 )
 
 from espnet_prune.budget import UnitGroup, select_units
+from espnet_prune.cost.subsampling import (
+    check_counts,
+    conv_output_sizes,
+    subsampling_cost,
+    subsampling_unit_costs,
+    subsampling_convs_of,
+)
 from espnet_prune.gates import GateConfig, HardConcreteGate
 
 Tensor = torch.Tensor
@@ -68,126 +75,6 @@ SUBSAMPLING_CLASSES: Dict[str, type] = {
     "conv2d6": Conv2dSubsampling6,
     "conv2d8": Conv2dSubsampling8,
 }
-
-#: (kernel, stride) of each Conv2d, in order, per ``input_layer`` (time and
-#: frequency alike; no padding).
-SUBSAMPLING_CONVS: Dict[str, Tuple[Tuple[int, int], ...]] = {
-    "conv2d": ((3, 2), (3, 2)),
-    "conv2d1": ((3, 1), (3, 1)),
-    "conv2d2": ((3, 2), (3, 1)),
-    "conv2d6": ((3, 2), (5, 3)),
-    "conv2d8": ((3, 2), (3, 2), (3, 2)),
-}
-
-#: Cost kinds of :meth:`GatedConv2dSubsampling.unit_groups`.
-COST_KINDS = ("params", "macs")
-
-
-# ----------------------------------------------------------------------------
-# Shapes and costs
-# ----------------------------------------------------------------------------
-
-
-def _convs_of(input_layer: str) -> Tuple[Tuple[int, int], ...]:
-    convs = SUBSAMPLING_CONVS.get(input_layer)
-    if convs is None:
-        raise ValueError(
-            f"input_layer={input_layer!r} has no gated front end; "
-            f"choose from {sorted(SUBSAMPLING_CONVS)}"
-        )
-    return convs
-
-
-def conv_output_sizes(input_layer: str, idim: int, t_in: int) -> List[Tuple[int, int]]:
-    """(frames, frequencies) at the output of each Conv2d for a ``(t_in, idim)``
-    input; 0 once the input is shorter than the kernel."""
-    sizes, t, f = [], int(t_in), int(idim)
-    for kernel, stride in _convs_of(input_layer):
-        t = (t - kernel) // stride + 1 if t >= kernel else 0
-        f = (f - kernel) // stride + 1 if f >= kernel else 0
-        sizes.append((t, f))
-    return sizes
-
-
-def _check_counts(input_layer: str, channels: Sequence[Number], name: str) -> None:
-    n = len(_convs_of(input_layer))
-    if len(channels) != n:
-        raise ValueError(
-            f"{name} has {len(channels)} entries, but input_layer {input_layer!r} "
-            f"has {n} Conv2d layers (one kept-channel count each)"
-        )
-
-
-def subsampling_cost(
-    input_layer: str,
-    idim: int,
-    odim: int,
-    channels: Sequence[Number],
-    t_in: int,
-    scaled_pos_enc: bool = False,
-) -> Tuple[Number, Number, int]:
-    """(params, MACs, output frames) of a conv front end keeping ``channels[i]``
-    output channels in Conv2d ``i``, at ``t_in`` input frames of ``idim`` features.
-
-    Params are what the module's state_dict holds: every Conv2d's weight
-    ``c_in * c_out * k * k`` and bias ``c_out`` (``c_in = 1`` for the first), the
-    output Linear ``odim * (c_last * F') + odim``, and the positional encoding's
-    learnable scale (1) when ``scaled_pos_enc``. MACs are the multiply-adds of
-    the convolutions (``t_i * f_i * c_in * c_out * k * k``) and of the output
-    Linear (``t_out * c_last * F' * odim``) for one utterance, biases not
-    counted (= ``FlopCounterMode`` total // 2).
-
-    With integer counts the result is exact. With tensors (expected counts
-    ``sum P(z > 0)`` of independent gates) it is the differentiable expectation:
-    ``E[c_i * c_j] = E[c_i] * E[c_j]``.
-    """
-    _check_counts(input_layer, channels, "channels")
-    convs = _convs_of(input_layer)
-    sizes = conv_output_sizes(input_layer, idim, t_in)
-    params: Number = odim + (1 if scaled_pos_enc else 0)  # out bias, pos_enc alpha
-    macs: Number = 0
-    c_in: Number = 1
-    for (kernel, _), (t, f), c in zip(convs, sizes, channels):
-        params = params + c_in * c * kernel * kernel + c
-        macs = macs + t * f * c_in * c * kernel * kernel
-        c_in = c
-    t_out, f_out = sizes[-1]
-    params = params + odim * c_in * f_out
-    macs = macs + t_out * c_in * f_out * odim
-    return params, macs, t_out
-
-
-def _cost_terms(
-    input_layer: str, idim: int, odim: int, t_in: int, kind: str, scaled_pos_enc: bool
-) -> Tuple[List[float], List[float], float]:
-    """The cost as ``constant + sum_i linear[i] * c_i + sum_i pair[i] * c_{i-1} * c_i``.
-
-    Returns ``(linear, pair, constant)``; ``pair[0]`` is 0 (conv 0's input is
-    the single feature plane, whose weights are in ``linear[0]``).
-    """
-    if kind not in COST_KINDS:
-        raise ValueError(f"unknown front-end cost kind {kind!r}; choose from {list(COST_KINDS)}")
-    convs = _convs_of(input_layer)
-    sizes = conv_output_sizes(input_layer, idim, t_in)
-    n = len(convs)
-    linear, pair = [0.0] * n, [0.0] * n
-    f_out = sizes[-1][1]
-    if kind == "params":
-        constant = float(odim + (1 if scaled_pos_enc else 0))
-        for i, (kernel, _) in enumerate(convs):
-            linear[i] = 1.0  # bias
-            pair[i] = float(kernel * kernel) if i else 0.0
-        linear[0] += convs[0][0] ** 2  # conv 0 weights, one input plane
-        linear[-1] += odim * f_out  # out Linear columns of one channel
-    else:
-        constant = 0.0
-        for i, ((kernel, _), (t, f)) in enumerate(zip(convs, sizes)):
-            pair[i] = float(t * f * kernel * kernel) if i else 0.0
-        t0, f0 = sizes[0]
-        linear[0] += t0 * f0 * convs[0][0] ** 2
-        linear[-1] += sizes[-1][0] * f_out * odim
-    return linear, pair, constant
-
 
 # ----------------------------------------------------------------------------
 # The gated module
@@ -376,40 +263,23 @@ class GatedConv2dSubsampling(torch.nn.Module):
         return out
 
     def unit_groups(
-        self, kind: str, t_in: int, key_prefix: Hashable = "frontend"
+        self, metric: str, t_in: int, key_prefix: Hashable = "frontend"
     ) -> Tuple[List[UnitGroup], float]:
-        """The front end's part of the exact-target rule, in cost ``kind``
-        (``params`` or ``macs`` at ``t_in`` input frames).
+        """The front end's part of the exact-target rule, in ``metric`` (``params``, or
+        ``macs`` at ``t_in`` input frames).
 
         One :class:`~espnet_prune.budget.UnitGroup` per Conv2d, key
         ``(key_prefix, i)``; its units are the conv's output channels except the
         mandatory one (:meth:`mandatory_channels`), in increasing channel order,
-        scored by their differentiable ``P(z > 0)``. With ``c_i = 1 + u_i`` kept channels (``u_i`` kept
-        units) the cost is ``constant + sum_i unit_cost_i * u_i + sum pair * u_{i-1} * u_i``:
-
-        * ``pair_costs`` between consecutive convs: one (input, output) channel
-          pair, ``k * k`` params or ``t_i * f_i * k * k`` MACs;
-        * ``unit_cost``: a channel's bias (params), conv 0's ``k * k`` weights
-          (and MACs), the last conv's ``F' * odim`` Linear columns (and MACs),
-          plus its pairs with the neighbours' mandatory channels;
-        * ``constant`` (returned): the Linear bias, the positional scale, and
-          everything of the mandatory channels.
-
+        scored by their differentiable ``P(z > 0)``; unit, pair and constant costs from
+        :func:`~espnet_prune.cost.subsampling.subsampling_unit_costs`.
         ``kept_cost(groups, kept) + constant`` equals :func:`subsampling_cost`
         of ``keep_from_selection(kept)`` exactly.
         """
-        linear, pair, constant = _cost_terms(
-            self.input_layer, self.idim, self.odim, t_in, kind, self.scaled_pos_enc
+        unit_costs, pair, constant = subsampling_unit_costs(
+            self.input_layer, self.idim, self.odim, t_in, metric, self.scaled_pos_enc
         )
         n = len(self.gates)
-        after = pair[1:] + [0.0]  # pair with the next conv's channels
-        unit_costs = [linear[i] + pair[i] + after[i] for i in range(n)]
-        if not all(c > 0 for c in unit_costs):
-            raise ValueError(
-                f"front-end {kind} cost is 0 at t_in={t_in} input frames "
-                f"(shorter than {self.input_layer!r} subsampling needs)"
-            )
-        constant += sum(linear) + sum(pair)  # the mandatory channels and their pairs
         optional = self._optional_channels()
         groups = []
         for i, gate in enumerate(self.gates):
@@ -437,10 +307,10 @@ class GatedConv2dSubsampling(torch.nn.Module):
         return out
 
     @torch.no_grad()
-    def select_keep(self, kind: str, t_in: int, budget: float) -> List[Tensor]:
-        """Front end on its own: the exact-target rule at ``budget`` (cost ``kind``
-        at ``t_in`` frames, the whole front end's cost) -> kept channels per conv."""
-        groups, constant = self.unit_groups(kind, t_in)
+    def select_keep(self, metric: str, t_in: int, budget: float) -> List[Tensor]:
+        """Front end on its own: the exact-target rule at ``budget`` (``metric`` at
+        ``t_in`` frames, the whole front end's cost) -> kept channels per conv."""
+        groups, constant = self.unit_groups(metric, t_in)
         kept = select_units(groups, max(float(budget) - constant, 0.0))
         return self.keep_from_selection(kept)
 
@@ -543,7 +413,7 @@ def check_channels(
     input_layer: str, odim: int, channels: Sequence[int], name: str = "subsampling_channels"
 ) -> List[int]:
     """Validate kept-channel counts: one per Conv2d, each in ``[1, odim]``."""
-    _check_counts(input_layer, channels, name)
+    check_counts(input_layer, channels, name)
     out = []
     for i, c in enumerate(channels):
         if isinstance(c, bool) or int(c) != c or not 1 <= int(c) <= odim:
@@ -643,7 +513,7 @@ def _check_layout(embed: GatedConv2dSubsampling, name: str) -> None:
     kernels and strides of :data:`SUBSAMPLING_CONVS`, Linear over ``odim * F'``)."""
     layers = list(embed.conv)
     convs = subsampling_convs(embed)
-    expected = _convs_of(embed.input_layer)
+    expected = subsampling_convs_of(embed.input_layer)
     pairs_ok = len(layers) == 2 * len(convs) and all(
         isinstance(a, torch.nn.Conv2d) and isinstance(b, torch.nn.ReLU)
         for a, b in zip(layers[::2], layers[1::2])

@@ -60,18 +60,13 @@ from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 
 from espnet_prune.blocks import MaskedInputLinear
 from espnet_prune.budget import UnitGroup, module_group
-from espnet_prune.cost import (
-    DecoderLayerCounts,
-    decoder_cost,
-    decoder_layer_memory_macs,
-    decoder_layer_params,
-    decoder_layer_token_macs,
-)
+from espnet_prune.cost import check_metric, decoder_cost, sublayer_costs
 from espnet_prune.decoder_layer import slice_decoder_layer
 from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 from espnet_prune.gates import GateConfig, HardConcreteGate
 from espnet_prune.options import inherit_signature
-from espnet_prune.structure import SUBLAYERS, DecoderDims, DecoderLayerStructure
+from espnet_prune.shrink import load_strict
+from espnet_prune.structure import SUBLAYERS, DecoderLayerStructure
 
 Tensor = torch.Tensor
 
@@ -295,6 +290,28 @@ _UNSUPPORTED = {
 }
 
 
+def check_decoder_conf(gate_granularities: Optional[List[str]], transformer_kwargs: Mapping[str, Any]) -> List[str]:
+    """The gate names of a ``gated_transformer`` ``decoder_conf`` (default: all), after
+    checking its options; a :class:`ValueError` names the offending key."""
+    if "layer_structures" in transformer_kwargs:
+        raise ValueError("decoder_conf.layer_structures belongs to pruned_transformer, "
+                         "not gated_transformer")
+    unknown = sorted(set(transformer_kwargs) - _TRANSFORMER_OPTIONS)
+    if unknown:
+        raise ValueError(f"decoder_conf: unknown option(s) {unknown} for gated_transformer")
+    for key, (bad, why) in _UNSUPPORTED.items():
+        if key in transformer_kwargs and transformer_kwargs[key] == bad:
+            raise ValueError(f"decoder_conf.{key}={bad}: {why} (gated_transformer)")
+    granularities = list(DECODER_GRANULARITIES if gate_granularities is None else gate_granularities)
+    bad_names = sorted(set(granularities) - set(DECODER_GRANULARITIES))
+    if bad_names:
+        raise ValueError(
+            f"decoder_conf.gate_granularities: unknown name(s) {bad_names}; "
+            f"choose from {list(DECODER_GRANULARITIES)}"
+        )
+    return granularities
+
+
 @inherit_signature(TransformerDecoder)
 class GatedTransformerDecoder(PrunedTransformerDecoder):
     """ESPnet ``TransformerDecoder`` with hard-concrete gates in every layer.
@@ -324,23 +341,7 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
         gate_conf: Optional[Dict[str, Any]] = None,
         **transformer_kwargs: Any,
     ) -> None:
-        if "layer_structures" in transformer_kwargs:
-            raise ValueError("decoder_conf.layer_structures belongs to pruned_transformer, "
-                             "not gated_transformer")
-        unknown = sorted(set(transformer_kwargs) - _TRANSFORMER_OPTIONS)
-        if unknown:
-            raise ValueError(f"decoder_conf: unknown option(s) {unknown} for gated_transformer")
-        for key, (bad, why) in _UNSUPPORTED.items():
-            if key in transformer_kwargs and transformer_kwargs[key] == bad:
-                raise ValueError(f"decoder_conf.{key}={bad}: {why} (gated_transformer)")
-        granularities = list(DECODER_GRANULARITIES if gate_granularities is None
-                             else gate_granularities)
-        bad_names = sorted(set(granularities) - set(DECODER_GRANULARITIES))
-        if bad_names:
-            raise ValueError(
-                f"decoder_conf.gate_granularities: unknown name(s) {bad_names}; "
-                f"choose from {list(DECODER_GRANULARITIES)}"
-            )
+        granularities = check_decoder_conf(gate_granularities, transformer_kwargs)
         gate_config = GateConfig.from_dict(gate_conf)
         super().__init__(vocab_size, encoder_output_size, **transformer_kwargs)
         self.gate_granularities = granularities
@@ -409,8 +410,7 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
             (groups, constant) with ``kept_cost(groups, keep) + constant`` equal to
             ``decoder_cost(dims, structure)["params" | "utterance_macs"]`` of the kept structure.
         """
-        if metric not in ("params", "macs"):
-            raise ValueError(f"unknown cost metric {metric!r}")
+        check_metric(metric)
         if scope != "model":
             return [], 0.0
         if metric == "macs":
@@ -500,15 +500,7 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
                 continue
             state.update({f"decoders.{j}.{name}": v for name, v in small.state_dict().items()})
             j += 1
-        own = new.state_dict()
-        missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
-        mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-        if missing or unexpected or mismatched:
-            raise RuntimeError(
-                f"shrunk decoder: state does not match pruned_transformer: missing "
-                f"{missing[:10]}, unexpected {unexpected[:10]}, shape mismatch {mismatched[:10]}"
-            )
-        new.load_state_dict(state, strict=True)
+        load_strict(new, state, what="shrunk decoder (pruned_transformer)")
         return new.train(self.training), conf
 
     def decoding_decoder(self) -> PrunedTransformerDecoder:
@@ -565,36 +557,32 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
         return super().forward(hs_pad, hlens, ys_in_pad, ys_in_lens,
                                return_hs=return_hs, return_all_hs=return_all_hs)
 
+    def _dispatch(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """An incremental-decoding entry point: in eval mode the shrunk decoder's
+        ``method``; in train mode ESPnet's, with masks sampled for this call."""
+        if not self.training:
+            return getattr(self.decoding_decoder(), method)(*args, **kwargs)
+        self._apply_masks()
+        return getattr(super(), method)(*args, **kwargs)
+
     def forward_one_step(self, tgt: Tensor, tgt_mask: Tensor, memory: Tensor,
                          memory_mask: Optional[Tensor] = None, *,
                          cache: Optional[List[Tensor]] = None, return_hs: bool = False):
-        """ESPnet's ``forward_one_step``; in eval mode run by the shrunk decoder (its cache
-        has one entry per kept layer), in train mode with masks sampled for this call."""
-        if not self.training:
-            return self.decoding_decoder().forward_one_step(
-                tgt, tgt_mask, memory, memory_mask, cache=cache, return_hs=return_hs)
-        self._apply_masks()
-        return super().forward_one_step(tgt, tgt_mask, memory, memory_mask,
-                                        cache=cache, return_hs=return_hs)
+        """ESPnet's ``forward_one_step`` (eval mode: the shrunk decoder's cache has one entry
+        per kept layer)."""
+        return self._dispatch("forward_one_step", tgt, tgt_mask, memory, memory_mask,
+                          cache=cache, return_hs=return_hs)
 
     def score(self, ys: Tensor, state: Any, x: Tensor, return_hs: bool = False):
         """Next-token log-probs ``(V,)`` of one hypothesis ``ys`` ``(t,)`` on memory ``x``
-        ``(T, d)`` (ESPnet ``BeamSearch``); eval mode: the shrunk decoder."""
-        if not self.training:
-            return self.decoding_decoder().score(ys, state, x, return_hs=return_hs)
-        self._apply_masks()
-        return super().score(ys, state, x, return_hs=return_hs)
+        ``(T, d)`` (ESPnet ``BeamSearch``)."""
+        return self._dispatch("score", ys, state, x, return_hs=return_hs)
 
     def batch_score(self, ys: Tensor, states: List[Any], xs: Tensor, return_hs: bool = False,
                     xs_mask: Optional[Tensor] = None):
         """Next-token log-probs ``(B, V)`` of hypotheses ``ys`` ``(B, t)`` (ESPnet
-        ``BatchBeamSearch``); see :meth:`PrunedTransformerDecoder.batch_score`. Eval mode:
-        the shrunk decoder."""
-        if not self.training:
-            return self.decoding_decoder().batch_score(ys, states, xs, return_hs=return_hs,
-                                                       xs_mask=xs_mask)
-        self._apply_masks()
-        return super().batch_score(ys, states, xs, return_hs=return_hs, xs_mask=xs_mask)
+        ``BatchBeamSearch``); see :meth:`PrunedTransformerDecoder.batch_score`."""
+        return self._dispatch("batch_score", ys, states, xs, return_hs=return_hs, xs_mask=xs_mask)
 
     def init_state(self, x: Tensor) -> None:
         """Start of an utterance: clears the memory key/value cache (of the shrunk decoder
@@ -607,46 +595,12 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
         return self.init_state(x)
 
     def forward_partially_AR(self, tgt, tgt_mask, tgt_lengths, memory, cache=None):
-        """ESPnet's partially autoregressive step (eval mode: the shrunk decoder, which needs
-        every sublayer and source head of every kept layer)."""
-        if not self.training:
-            return self.decoding_decoder().forward_partially_AR(
-                tgt, tgt_mask, tgt_lengths, memory, cache=cache)
-        self._apply_masks()
-        return super().forward_partially_AR(tgt, tgt_mask, tgt_lengths, memory, cache=cache)
+        """ESPnet's partially autoregressive step (the shrunk decoder needs every sublayer
+        and source head of every kept layer)."""
+        return self._dispatch("forward_partially_AR", tgt, tgt_mask, tgt_lengths, memory, cache=cache)
 
 
 def _same_selection(a: Mapping[Hashable, Tensor], b: Mapping[Hashable, Tensor]) -> bool:
     if a is b:
         return True
     return a.keys() == b.keys() and all(torch.equal(a[k].cpu(), b[k].cpu()) for k in a)
-
-
-def sublayer_costs(dims: DecoderDims, metric: str, ctx: Any) -> Dict[str, Tuple[float, float]]:
-    """Per sublayer name, ``(cost of one kept unit, cost present with the sublayer)``.
-
-    Read off the cost model of :mod:`espnet_prune.cost` (one layer, affine in the kept
-    counts): ``params`` from :func:`decoder_layer_params`; ``macs`` = the layer's share of
-    ``utterance_macs`` (memory keys/values once, then ``ctx.tokens`` steps at prefix
-    lengths 1..tokens against ``ctx.memory_frames`` frames).
-    """
-    t_mem, tokens = int(ctx.memory_frames or 0), int(ctx.tokens)
-
-    def layer_cost(c: DecoderLayerCounts) -> float:
-        if metric == "params":
-            return decoder_layer_params(dims, c)
-        total = decoder_layer_memory_macs(dims, c, t_mem)
-        for length in range(1, tokens + 1):
-            total += decoder_layer_token_macs(dims, c, length, t_mem)
-        return total
-
-    zero = dict(self_heads=0, src_heads=0, ffn_units=0,
-                self_present=0, src_present=0, ffn_present=0)
-    base = layer_cost(DecoderLayerCounts(**zero))
-    present_key = {"self_attn": "self_present", "src_attn": "src_present", "ffn": "ffn_present"}
-    out = {}
-    for name, (field_name, _, _, _) in SUBLAYERS.items():
-        present = layer_cost(DecoderLayerCounts(**{**zero, present_key[name]: 1}))
-        one = layer_cost(DecoderLayerCounts(**{**zero, present_key[name]: 1, field_name: 1}))
-        out[name] = (one - present, present - base)
-    return out

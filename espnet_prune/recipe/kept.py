@@ -98,7 +98,7 @@ class KeptStructure:
 
 def _encoder(config: Mapping[str, Any], where: str
              ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int]:
-    from espnet_prune.frontend import SUBSAMPLING_CONVS
+    from espnet_prune.cost import SUBSAMPLING_CONVS
     from espnet_prune.structure import ConformerDims, structures_from_conf
 
     name = config.get("encoder")

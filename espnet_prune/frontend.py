@@ -202,7 +202,7 @@ class GatedConv2dSubsampling(torch.nn.Module):
                 "channels of each Conv2d, from the exact-target rule): its encoder sets "
                 "it, or set it from keep_from_selection() / select_keep()"
             )
-        keep = self._checked_keep(self.eval_keep, "eval_keep")
+        keep = check_keep(self, self.eval_keep, "eval_keep")
         return [gate(idx) for gate, idx in zip(self.gates, keep)]
 
     def forward(self, x: Tensor, x_mask: Optional[Tensor], *args, **kwargs):
@@ -327,7 +327,7 @@ class GatedConv2dSubsampling(torch.nn.Module):
         next layer's input weights (the next conv's input channels, or the output
         Linear's ``channel * F'`` column block). The positional encoding is copied.
         """
-        keep = self._checked_keep(self.eval_keep if keep is None else list(keep), "keep")
+        keep = check_keep(self, self.eval_keep if keep is None else list(keep), "keep")
         scales = [g.kept_values(k) for g, k in zip(self.gates, keep)]
         channels = [int(k.numel()) for k in keep]
         ref = self.convs[0].weight
@@ -351,27 +351,6 @@ class GatedConv2dSubsampling(torch.nn.Module):
         new_out.weight.copy_(w.reshape(self.odim, -1))
         new_out.bias.copy_(out.bias)
         return pruned, channels
-
-    def _checked_keep(self, keep: Sequence[Tensor], name: str) -> List[Tensor]:
-        if len(keep) != len(self.gates):
-            raise ValueError(
-                f"{name} has {len(keep)} entries; the {self.input_layer!r} front end has "
-                f"{len(self.gates)} Conv2d layers"
-            )
-        out = []
-        for i, (idx, gate) in enumerate(zip(keep, self.gates)):
-            idx = torch.as_tensor(idx).long().reshape(-1)
-            if idx.numel() == 0:
-                raise ValueError(
-                    f"{name}[{i}] keeps no channel; every Conv2d of the front end keeps at "
-                    "least one (subsampling_channels >= 1)"
-                )
-            if int(idx.min()) < 0 or int(idx.max()) >= gate.n or idx.unique().numel() != idx.numel():
-                raise ValueError(
-                    f"{name}[{i}] must hold distinct channel indices in [0, {gate.n}), got {idx.tolist()}"
-                )
-            out.append(idx)
-        return out
 
 
 class GatedConv2dSubsampling4(GatedConv2dSubsampling, Conv2dSubsampling):
@@ -482,6 +461,31 @@ def subsampling_channels(embed: torch.nn.Module) -> List[int]:
 # ----------------------------------------------------------------------------
 # Helpers on ESPnet's module layout
 # ----------------------------------------------------------------------------
+
+
+def check_keep(embed: GatedConv2dSubsampling, keep: Sequence[Tensor], name: str) -> List[Tensor]:
+    """``keep`` (kept channel indices per Conv2d of ``embed``) as LongTensors, after
+    checking one non-empty set of distinct, in-range indices per Conv2d; a ValueError
+    names ``name``."""
+    if len(keep) != len(embed.gates):
+        raise ValueError(
+            f"{name} has {len(keep)} entries; the {embed.input_layer!r} front end has "
+            f"{len(embed.gates)} Conv2d layers"
+        )
+    out = []
+    for i, (idx, gate) in enumerate(zip(keep, embed.gates)):
+        idx = torch.as_tensor(idx).long().reshape(-1)
+        if idx.numel() == 0:
+            raise ValueError(
+                f"{name}[{i}] keeps no channel; every Conv2d of the front end keeps at "
+                "least one (subsampling_channels >= 1)"
+            )
+        if int(idx.min()) < 0 or int(idx.max()) >= gate.n or idx.unique().numel() != idx.numel():
+            raise ValueError(
+                f"{name}[{i}] must hold distinct channel indices in [0, {gate.n}), got {idx.tolist()}"
+            )
+        out.append(idx)
+    return out
 
 
 def _input_layer_of(embed: torch.nn.Module) -> str:

@@ -60,7 +60,7 @@ from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 
 from espnet_prune.blocks import MaskedInputLinear
 from espnet_prune.budget import UnitGroup, module_group
-from espnet_prune.cost import check_metric, decoder_cost, sublayer_costs
+from espnet_prune.cost import check_metric, decoder_fixed_cost, sublayer_costs
 from espnet_prune.decoder_layer import slice_decoder_layer
 from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 from espnet_prune.gates import GateConfig, HardConcreteGate
@@ -330,7 +330,6 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
             eval mode uses (``None`` until attached or first needed).
     """
 
-    #: Gives eval mode its structure (see the module docstring).
     eval_selector: Optional[Any] = None
 
     def __init__(
@@ -370,11 +369,8 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
             new = cls(vocab, dim, gate_granularities, gate_conf, **kwargs)
         param = next(decoder.parameters())
         new.to(device=param.device, dtype=param.dtype)
-        result = new.load_state_dict(decoder.state_dict(), strict=False)
-        missing = [k for k in result.missing_keys if ".gates." not in k]
-        if missing or result.unexpected_keys:
-            raise ValueError(f"dense decoder state does not match: missing {missing[:5]}, "
-                             f"unexpected {result.unexpected_keys[:5]}")
+        load_strict(new, decoder.state_dict(), what="dense decoder into gated_transformer",
+                    may_miss=("log_alpha",))
         return new.train(decoder.training)
 
     def __getstate__(self) -> Dict[str, Any]:
@@ -395,16 +391,9 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
         ``src_attn`` or ``ffn``: its units are the heads / hidden units (score
         ``P(unit open) * P(sublayer open)``, presence ``P(sublayer open) * (1 - prod(1 -
         P(unit open)))``, both differentiable), or, with only a sublayer gate, one unit
-        costing the whole sublayer. Costs are exact (:func:`~espnet_prune.cost.decoder_cost`):
-
-        * ``params``: parameters (per head: q/k/v rows and biases, ``linear_out`` columns;
-          per sublayer: closing bias, LayerNorm, q/k norms with ``qk_norm``);
-        * ``macs``: ``utterance_macs``, one hypothesis decoded for ``ctx.tokens`` steps
-          against ``ctx.memory_frames`` encoder frames, source keys/values once per utterance.
-
-        The decoder belongs to the ``model`` scope only: for ``blocks`` / ``encoder`` it
-        returns no groups and 0. The constant is the input and output layers, ``after_norm``
-        (and per-token output-layer MACs) plus every ungated sublayer.
+        costing the whole sublayer. Costs are exact (:func:`~espnet_prune.cost.sublayer_costs`;
+        ``macs`` are ``utterance_macs``). The decoder belongs to the ``model`` scope only:
+        for ``blocks`` / ``encoder`` it returns no groups and 0.
 
         Returns:
             (groups, constant) with ``kept_cost(groups, keep) + constant`` equal to
@@ -413,19 +402,8 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
         check_metric(metric)
         if scope != "model":
             return [], 0.0
-        if metric == "macs":
-            if ctx.memory_frames is None:
-                raise ValueError("the decoder's MACs need CostContext.memory_frames "
-                                 "(targets.build_selector sets it from the encoder)")
-            if int(ctx.tokens) < 1:
-                raise ValueError(f"the decoder's MACs need cost_tokens >= 1, got {ctx.tokens}")
         costs = sublayer_costs(self.dims, metric, ctx)
-        empty = [DecoderLayerStructure(0, 0, 0)] * self.dims.num_blocks
-        key = "params" if metric == "params" else "utterance_macs"
-        constant: Any = decoder_cost(
-            self.dims, empty,
-            memory_frames=int(ctx.memory_frames or 0), tokens=int(ctx.tokens),
-        )[key]
+        constant: Any = decoder_fixed_cost(self.dims, metric, ctx)
         groups: List[UnitGroup] = []
         for i, layer in enumerate(self.decoders):
             for name, (unit_gate, _, _, _) in SUBLAYERS.items():
@@ -475,15 +453,12 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
     def shrink(
         self, keep: Optional[Mapping[Hashable, Tensor]] = None
     ) -> Tuple[PrunedTransformerDecoder, Dict[str, Any]]:
-        """Physically smaller decoder computing what this one computes in eval mode.
+        """Physically smaller decoder computing what this one computes in eval mode under
+        ``keep`` (``{(layer, sublayer): kept indices}``, default: the eval selection).
 
-        Args:
-            keep: ``{(layer, sublayer): kept indices}`` (default: the eval selection).
-        Returns:
-            the :class:`~espnet_prune.pruned_decoder.PrunedTransformerDecoder` (gate values folded
-            into ``linear_out`` / ``w_2``, state loaded with every key checked, same device,
-            dtype and train/eval mode) and its ``decoder_conf`` (the dense options plus
-            ``layer_structures``; ``decoder: pruned_transformer`` rebuilds the same shapes).
+        Returns the :class:`~espnet_prune.pruned_decoder.PrunedTransformerDecoder` (gate values
+        folded into ``linear_out`` / ``w_2``, every key checked, same device, dtype and mode)
+        and its ``decoder_conf`` (the dense options plus ``layer_structures``).
         """
         per_layer = self._per_layer(keep)
         structures = [l.structure_under(k) for l, k in zip(self.decoders, per_layer)]
@@ -591,8 +566,7 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
             return self.decoding_decoder().init_state(x)
         return super().init_state(x)
 
-    def batch_init_state(self, x: Tensor) -> None:
-        return self.init_state(x)
+    batch_init_state = init_state
 
     def forward_partially_AR(self, tgt, tgt_mask, tgt_lengths, memory, cache=None):
         """ESPnet's partially autoregressive step (the shrunk decoder needs every sublayer

@@ -24,6 +24,7 @@ activations and softmax are not counted), at ``seconds`` of audio with
 from espnet_prune.cost.decoder import (
     DecoderLayerCounts,
     decoder_cost,
+    decoder_fixed_cost,
     decoder_global_params,
     decoder_layer_memory_macs,
     decoder_layer_params,
@@ -57,6 +58,6 @@ __all__ = [
     "subsampling_unit_costs",
     "ModuleCounts", "block_constant_cost", "block_macs", "block_params", "counts_from_structure",
     "encoder_cost", "frames_after_frontend", "frontend_cost", "module_unit_cost", "structure_cost",
-    "DecoderLayerCounts", "decoder_cost", "decoder_global_params", "decoder_layer_memory_macs",
+    "DecoderLayerCounts", "decoder_cost", "decoder_fixed_cost", "decoder_global_params", "decoder_layer_memory_macs",
     "decoder_layer_params", "decoder_layer_token_macs", "sublayer_costs",
 ]

@@ -158,14 +158,37 @@ def decoder_cost(
     return out
 
 
+def _check_context(metric: str, ctx: Any) -> None:
+    if check_metric(metric) == "macs":
+        if ctx.memory_frames is None:
+            raise ValueError("the decoder's MACs need CostContext.memory_frames "
+                             "(targets.build_selector sets it from the encoder)")
+        if int(ctx.tokens) < 1:
+            raise ValueError(f"the decoder's MACs need cost_tokens >= 1, got {ctx.tokens}")
+
+
+def decoder_fixed_cost(dims: DecoderDims, metric: str, ctx: Any) -> Number:
+    """The decoder's cost in ``metric`` that no sublayer carries: the input and output
+    layers and ``after_norm`` (params), the per-token output-layer MACs (``macs``, as
+    ``utterance_macs`` for ``ctx.tokens`` steps against ``ctx.memory_frames`` frames)."""
+    _check_context(metric, ctx)
+    empty = [DecoderLayerStructure(0, 0, 0)] * dims.num_blocks
+    key = "params" if metric == "params" else "utterance_macs"
+    return decoder_cost(dims, empty, memory_frames=int(ctx.memory_frames or 0), tokens=int(ctx.tokens))[key]
+
+
 def sublayer_costs(dims: DecoderDims, metric: str, ctx: Any) -> Dict[str, Tuple[float, float]]:
     """Per sublayer name, ``(cost of one kept unit, cost present with the sublayer)``.
 
-    Read off this cost model (one layer, affine in the kept counts): ``params`` from :func:`decoder_layer_params`; ``macs`` = the layer's share of
-    ``utterance_macs`` (memory keys/values once, then ``ctx.tokens`` steps at prefix
-    lengths 1..tokens against ``ctx.memory_frames`` frames).
+    Read off this cost model (one layer, affine in the kept counts):
+
+    * ``params`` from :func:`decoder_layer_params` (per head: q/k/v rows and biases,
+      ``linear_out`` columns; per sublayer: closing bias, LayerNorm, q/k norms with
+      ``qk_norm``);
+    * ``macs``: the layer's share of ``utterance_macs`` (memory keys/values once, then
+      ``ctx.tokens`` steps at prefix lengths 1..tokens against ``ctx.memory_frames`` frames).
     """
-    check_metric(metric)
+    _check_context(metric, ctx)
     t_mem, tokens = int(ctx.memory_frames or 0), int(ctx.tokens)
 
     def layer_cost(c: DecoderLayerCounts) -> float:

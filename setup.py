@@ -12,6 +12,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
     long_description_content_type="text/markdown",
     packages=find_packages(include=["espnet_prune", "espnet_prune.*"]),
+    # the mini corpus's sentence grammar (read by espnet_prune/data/mini_corpus/grammar.py)
+    package_data={"espnet_prune.data.mini_corpus": ["grammar.json"]},
     python_requires=">=3.10",
     # Ranges the code supports (oldest tested: espnet 202511 with torch 2.11); the
     # exact set that `make test` / `make demo` install is pinned in constraints.txt.

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from espnet_prune.data import mini_corpus as mc
+from espnet_prune.data.mini_corpus import build, grammar, tts
 from espnet_prune.data.kaldi_dir import read_data_dir
 
 pytest.register_assert_rewrite("recipe_fixtures")  # imported before pytest loads it as a plugin
@@ -61,7 +62,7 @@ def test_grammar_size_and_lengths() -> None:
 
 def test_undefined_nonterminal_is_caught() -> None:
     with pytest.raises(ValueError, match=r"uses undefined \$NOPE"):
-        mc._check_grammar({"$S": ["HELLO $NOPE"]})
+        grammar._check_grammar({"$S": ["HELLO $NOPE"]})
 
 
 def test_plan_is_disjoint_and_deterministic() -> None:
@@ -164,7 +165,7 @@ def test_failure_names_the_utterance(tmp_path: Path, monkeypatch) -> None:
             raise ValueError("synthesiser exploded")
         mc.write_wav(out_wav, np.zeros(1600, dtype=np.int16))
 
-    monkeypatch.setattr(mc, "_synth_one", broken)
+    monkeypatch.setattr(build, "_synth_one", broken)
     with pytest.raises(RuntimeError, match=r"dv001-00001.*synthesiser exploded"):
         mc.make_corpus(tmp_path / "c", TINY, nj=2, log=lambda s: None)
     assert not (tmp_path / "c" / ".done").exists()
@@ -175,8 +176,8 @@ def test_no_backend_gives_clear_error(monkeypatch) -> None:
     def no_lib():
         raise mc.SynthesisUnavailable("python package 'espeakng-loader' is not installed")
 
-    monkeypatch.setattr(mc, "EspeakLibrary", no_lib)
-    monkeypatch.setattr(mc.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tts, "EspeakLibrary", no_lib)
+    monkeypatch.setattr(tts.shutil, "which", lambda name: None)
     with pytest.raises(mc.SynthesisUnavailable, match="pip install espeakng-loader.*apt-get install espeak-ng"):
         mc.get_synthesizer("auto")
 

@@ -35,7 +35,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -53,6 +52,7 @@ from espnet_prune.data.kaldi_dir import (
     subset_data_dir,
     write_kaldi_map,
 )
+from espnet_prune.data.pool import Command, run_jobs
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -197,27 +197,30 @@ def _run_workers(jobs: List[Tuple[List[Tuple[str, str]], str, FbankConfig]],
                  out: Path) -> List[Dict[str, object]]:
     """Run each job in its own ``python -m espnet_prune.data.features _worker`` process.
 
-    Plain subprocesses (not multiprocessing) so that callers need no ``__main__`` guard
-    and nothing of the parent (threads, torch state) leaks into the workers.
+    Plain subprocesses (not multiprocessing, not fork) so that callers need no
+    ``__main__`` guard and nothing of the parent (threads, torch state) leaks into the
+    workers. All jobs run at once; if any fails, the first in job order is reported.
     """
-    procs = []
     env = dict(os.environ)
     pkg_root = str(Path(__file__).resolve().parents[2])  # make the package importable
     env["PYTHONPATH"] = os.pathsep.join(x for x in (pkg_root, env.get("PYTHONPATH")) if x)
+    specs = [out / f".feats.job{j}.json" for j in range(len(jobs))]
+    results_npz = [out / f".feats.job{j}.npz" for j in range(len(jobs))]
+
+    def start(j: int) -> Command:
+        items, part, cfg = jobs[j]
+        atomic_write_text(specs[j], json.dumps({"items": items, "part": part,
+                                                "cfg": asdict(cfg),
+                                                "result": str(results_npz[j])}))
+        return Command([sys.executable, "-m", "espnet_prune.data.features", "_worker",
+                        str(specs[j])], env)
+
     try:
-        for j, (items, part, cfg) in enumerate(jobs):
-            spec = out / f".feats.job{j}.json"
-            res = out / f".feats.job{j}.npz"
-            atomic_write_text(spec, json.dumps({"items": items, "part": part,
-                                                "cfg": asdict(cfg), "result": str(res)}))
-            cmd = [sys.executable, "-m", "espnet_prune.data.features", "_worker", str(spec)]
-            procs.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
-                                           stderr=subprocess.PIPE, env=env), spec, res))
+        failed = {f.index: f for f in run_jobs(len(jobs), start, nj=len(jobs))}
         results, errors = [], []
-        for proc, spec, res in procs:
-            _, err = proc.communicate()
-            if proc.returncode != 0:
-                lines = err.decode(errors="replace").strip().splitlines()
+        for j, res in enumerate(results_npz):
+            if j in failed:
+                lines = failed[j].output.strip().splitlines()
                 msg = next((ln for ln in reversed(lines) if "FeatureError:" in ln), None)
                 errors.append(msg.split("FeatureError:", 1)[1].strip() if msg
                               else "\n".join(lines[-20:]))
@@ -230,10 +233,7 @@ def _run_workers(jobs: List[Tuple[List[Tuple[str, str]], str, FbankConfig]],
             raise FeatureError(errors[0])
         return results
     finally:
-        for proc, spec, res in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        for spec, res in zip(specs, results_npz):
             spec.unlink(missing_ok=True)
             res.unlink(missing_ok=True)
             Path(str(res) + ".tmp.npz").unlink(missing_ok=True)

@@ -23,12 +23,12 @@ from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 
 from espnet_prune.options import inherit_signature
 
-from espnet_prune.blocks import ConformerBlock, as_masked_input, output_layer, unit_count
+from espnet_prune.blocks import NORMS, ConformerBlock, as_masked_input, block_sizes, output_layer, subset_module, unit_count
 from espnet_prune.budget import UnitGroup, module_group
 from espnet_prune.cost import block_constant_cost, check_metric, frontend_cost, module_unit_cost
 from espnet_prune.frontend import SUBSAMPLING_CLASSES, GatedConv2dSubsampling
 from espnet_prune.gates import GateConfig, HardConcreteGate
-from espnet_prune.structure import GRANULARITIES, MODULES, BlockStructure, ConformerDims
+from espnet_prune.structure import GRANULARITIES, MODULES, BlockStructure, ConformerDims, check_supported_conf
 
 Tensor = torch.Tensor
 
@@ -145,6 +145,30 @@ class GatedConformerBlock(ConformerBlock):
                 sizes[unit] = int(keep[name].numel()) if name in keep else unit_count(module)
         return BlockStructure(**sizes)
 
+    @torch.no_grad()
+    def shrunk(self, keep: Dict[str, Tensor]) -> ConformerBlock:
+        """Dense copy of this block without what the encoder's selection ``keep`` drops:
+        closed units and modules cut out, kept gate values folded into each module's
+        output projection (:func:`~espnet_prune.blocks.subset_module`)."""
+        kept = self.kept_units(keep)
+        modules: Dict[str, Any] = {}
+        for name, (_, attr) in MODULES.items():
+            module = getattr(self, attr)
+            if module is None or len(kept[name][0]) == 0:
+                modules[attr] = None
+                continue
+            idx, unit_scale, whole = kept[name]
+            modules[attr] = subset_module(module, idx.to(next(module.parameters()).device), unit_scale, whole)
+        new = ConformerBlock(
+            self.size, modules["self_attn"], modules["feed_forward"], modules["feed_forward_macaron"],
+            modules["conv_module"], self.dropout.p, self.stochastic_depth_rate,
+            ff_scale=self.ff_scale, final_norm=self.final_norm,
+        )
+        for norm in NORMS:
+            if norm in new._modules:
+                getattr(new, norm).load_state_dict(getattr(self, norm).state_dict())
+        return new.to(next(self.parameters()).device).train(self.training)
+
 
 def _output_attr(module: torch.nn.Module) -> str:
     layer = output_layer(module)
@@ -153,7 +177,8 @@ def _output_attr(module: torch.nn.Module) -> str:
 
 @inherit_signature(ConformerEncoder)
 class GatedConformerEncoder(ConformerEncoder):
-    """ESPnet ``ConformerEncoder`` with hard-concrete gates in every block.
+    """ESPnet ``ConformerEncoder`` with hard-concrete gates in every block; a gated part
+    (:class:`~espnet_prune.parts.GatedPart`) that shrinks to ``pruned_conformer``.
 
     Args:
         input_size: input feature dimension.
@@ -174,6 +199,7 @@ class GatedConformerEncoder(ConformerEncoder):
     ) -> None:
         check_supported_conf(conformer_kwargs)
         super().__init__(input_size, **conformer_kwargs)
+        self.conformer_conf: Dict[str, Any] = dict(conformer_kwargs)
         self.dims = ConformerDims.from_encoder_conf(input_size, conformer_kwargs)
         if gate_granularities is None:  # every gate that applies
             granularities = [g for g in GRANULARITIES
@@ -229,6 +255,7 @@ class GatedConformerEncoder(ConformerEncoder):
     #: a model-wide one is attached by the pruning model or the shrinker. Without
     #: one, the encoder aims at the gates' expected block parameters.
     eval_selector: Optional[Any] = None
+    shrunk_name = "pruned_conformer"
 
     def set_eval_target(self, kind: str, sparsity: Optional[float], ctx: Optional[Any] = None) -> None:
         """Make eval mode keep the structure that meets ``sparsity`` of an encoder-scoped
@@ -324,24 +351,28 @@ class GatedConformerEncoder(ConformerEncoder):
         """Deterministic (eval-mode) structure of every block."""
         return [b.structure_under(k) for b, k in zip(self.encoders, self.eval_selection())]
 
+    @torch.no_grad()
+    def shrink(self, keep: Optional[List[Dict[str, Tensor]]] = None) -> Tuple[Any, Dict[str, Any]]:
+        """A :class:`~espnet_prune.pruned_encoder.PrunedConformerEncoder` computing what this
+        encoder computes in eval mode under ``keep`` (per block, kept indices per module;
+        default: the eval selection; the front end keeps its eval selection), every key checked,
+        and its ``encoder_conf`` (the dense options plus ``block_structures`` and
+        ``subsampling_channels``)."""
+        from espnet_prune.pruned_encoder import PrunedConformerEncoder, pruned_encoder_conf
+        from espnet_prune.shrink import load_strict
 
-_UNSUPPORTED = {
-    "normalize_before": (False, "post-norm blocks cannot drop modules cleanly"),
-    "concat_after": (True, "concat_after is not supported"),
-    "qk_norm": (True, "qk_norm is not supported"),
-}
-
-
-def check_supported_conf(conf: Dict[str, Any]) -> None:
-    for key, (bad, why) in _UNSUPPORTED.items():
-        if key in conf and conf[key] == bad:
-            raise ValueError(f"encoder_conf.{key}={bad}: {why} by the pruning encoders")
-    if conf.get("positionwise_layer_type", "linear") != "linear":
-        raise ValueError(
-            "encoder_conf.positionwise_layer_type must be 'linear' for the pruning encoders"
-        )
-    if conf.get("input_layer", "conv2d") not in ("conv2d", "conv2d1", "conv2d2", "conv2d6", "conv2d8", "linear"):
-        raise ValueError(
-            f"encoder_conf.input_layer={conf['input_layer']!r} is not supported by the "
-            "pruning encoders (use conv2d, conv2d1, conv2d2, conv2d6, conv2d8 or linear)"
-        )
+        blocks = [b.shrunk(k) for b, k in zip(self.encoders, keep or self.eval_selection())]
+        structure = [BlockStructure(**{MODULES[n][0]: c for n, c in block_sizes(b).items()}) for b in blocks]
+        channels = None
+        if self.gated_frontend:
+            embed, channels = self.embed.shrink(self.frontend_keep())
+        conf = pruned_encoder_conf(self.conformer_conf, structure, channels)
+        pruned = PrunedConformerEncoder(self.dims.input_size, **conf)
+        state = {k: v for k, v in self.state_dict().items()
+                 if not k.startswith("encoders.") and not (channels is not None and k.startswith("embed."))}
+        if channels is not None:
+            state.update({f"embed.{k}": v for k, v in embed.state_dict().items()})
+        for i, b in enumerate(blocks):
+            state.update({f"encoders.{i}.{k}": v for k, v in b.state_dict().items()})
+        load_strict(pruned, state, what="shrunk encoder")
+        return pruned.to(next(self.parameters()).device).train(self.training), conf

@@ -314,7 +314,8 @@ def check_decoder_conf(gate_granularities: Optional[List[str]], transformer_kwar
 
 @inherit_signature(TransformerDecoder)
 class GatedTransformerDecoder(PrunedTransformerDecoder):
-    """ESPnet ``TransformerDecoder`` with hard-concrete gates in every layer.
+    """ESPnet ``TransformerDecoder`` with hard-concrete gates in every layer; a gated part
+    (:class:`~espnet_prune.parts.GatedPart`) that shrinks to ``pruned_transformer``.
 
     Args:
         vocab_size: output tokens V.
@@ -331,6 +332,7 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
     """
 
     eval_selector: Optional[Any] = None
+    shrunk_name = "pruned_transformer"
 
     def __init__(
         self,

@@ -27,9 +27,14 @@ from espnet2.asr.encoder.conformer_encoder import ConformerEncoder
 from espnet_prune.options import inherit_signature
 
 from espnet_prune.blocks import ConformerBlock, resize_block
-from espnet_prune.encoder import check_supported_conf
 from espnet_prune.frontend import SUBSAMPLING_CLASSES, resize_subsampling
-from espnet_prune.structure import MODULES, BlockStructure, ConformerDims, structures_from_conf
+from espnet_prune.structure import (
+    MODULES,
+    BlockStructure,
+    ConformerDims,
+    check_supported_conf,
+    structures_from_conf,
+)
 
 
 @inherit_signature(ConformerEncoder)

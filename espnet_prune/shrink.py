@@ -1,91 +1,20 @@
-"""The shrinker: gated Conformer -> heterogeneous dense ``pruned_conformer``.
+"""The shrinker: a gated ASR model -> a plain ESPnet model of the same function.
 
-Every gate decision is read in eval mode: the encoder's exact-target selection
-(:meth:`GatedConformerEncoder.eval_selection`, :mod:`espnet_prune.budget`) says
-which units each block keeps (:meth:`GatedConformerBlock.kept_units`):
-closed heads / units / channels and closed modules are cut out of the weights,
-and the values of the kept gates are folded into each module's output
-projection, so that the shrunk model computes what the gated model computes in
-eval mode.
+Every gated part (:mod:`espnet_prune.parts`: the encoder with its front end, the decoder)
+shrinks itself under the model-wide exact-target selection (:mod:`espnet_prune.budget`):
+closed heads / units / channels and closed modules are cut out of the weights and the
+values of the kept gates are folded into each module's output projection, so the shrunk
+model computes what the gated model computes in eval mode. This module only loops over the
+parts, swaps in what they return and checks every key (:func:`load_strict`).
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-from typing import Any, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
-
-from espnet_prune.blocks import NORMS, ConformerBlock, block_sizes, subset_module
-from espnet_prune.encoder import GatedConformerBlock, GatedConformerEncoder
-from espnet_prune.pruned_encoder import PrunedConformerEncoder, pruned_encoder_conf
-from espnet_prune.structure import MODULES, BlockStructure
-
-
-def shrink_block(block: GatedConformerBlock, keep: Dict[str, torch.Tensor]) -> ConformerBlock:
-    """Dense copy of ``block`` without what the encoder's eval-mode selection ``keep`` drops."""
-    kept = block.kept_units(keep)
-    modules: Dict[str, Any] = {}
-    for name, (_, attr) in MODULES.items():
-        module = getattr(block, attr)
-        if module is None or len(kept[name][0]) == 0:
-            modules[attr] = None
-            continue
-        keep, unit_scale, whole = kept[name]
-        modules[attr] = subset_module(module, keep.to(module_device(module)), unit_scale, whole)
-    new = ConformerBlock(
-        block.size,
-        modules["self_attn"],
-        modules["feed_forward"],
-        modules["feed_forward_macaron"],
-        modules["conv_module"],
-        block.dropout.p,
-        block.stochastic_depth_rate,
-        ff_scale=block.ff_scale,
-        final_norm=block.final_norm,
-    )
-    for norm in NORMS:
-        if norm in new._modules:
-            getattr(new, norm).load_state_dict(getattr(block, norm).state_dict())
-    return new.to(next(block.parameters()).device).train(block.training)
-
-
-def module_device(module: torch.nn.Module) -> torch.device:
-    return next(module.parameters()).device
-
-
-def block_structure(block: ConformerBlock) -> BlockStructure:
-    sizes = block_sizes(block)
-    return BlockStructure(**{MODULES[name][0]: n for name, n in sizes.items()})
-
-
-def shrink_encoder(
-    gated: GatedConformerEncoder, encoder_conf: Dict[str, Any]
-) -> Tuple[PrunedConformerEncoder, Dict[str, Any]]:
-    """Shrink a gated encoder built from ``encoder_conf``.
-
-    Returns the pruned encoder (weights loaded with every key matched) and its
-    ``encoder_conf``.
-    """
-    blocks = [shrink_block(b, k) for b, k in zip(gated.encoders, gated.eval_selection())]
-    structure = [block_structure(b) for b in blocks]
-    channels = None
-    if gated.gated_frontend:
-        embed, channels = gated.embed.shrink(gated.frontend_keep())
-    conf = pruned_encoder_conf(encoder_conf, structure, channels)
-    pruned = PrunedConformerEncoder(gated.dims.input_size, **conf)
-    state = {
-        k: v for k, v in gated.state_dict().items()
-        if not k.startswith("encoders.") and not (channels is not None and k.startswith("embed."))
-    }
-    if channels is not None:
-        state.update({f"embed.{k}": v for k, v in embed.state_dict().items()})
-    for i, b in enumerate(blocks):
-        state.update({f"encoders.{i}.{k}": v for k, v in b.state_dict().items()})
-    load_strict(pruned, state, what="shrunk encoder")
-    device = next(gated.parameters()).device
-    return pruned.to(device).train(gated.training), conf
 
 
 def load_strict(module: torch.nn.Module, state: Dict[str, torch.Tensor], what: str,
@@ -113,28 +42,30 @@ def shrink_asr_model(
 ) -> Tuple[torch.nn.Module, argparse.Namespace]:
     """Replace the gated parts of an ESPnet ASR model by their shrunk versions.
 
-    The encoder becomes a ``pruned_conformer``; the decoder a ``pruned_transformer``:
-    shrunk when it is gated, else the same dense weights in the class that decodes
-    fast (source keys/values once per utterance). Returns a new model (the input is
-    untouched) and the updated training arguments.
+    Each gated part ``name`` becomes what its ``shrink()`` returns, and the training
+    arguments ``name`` / ``name_conf`` its ESPnet registry name and options. A dense
+    ``transformer`` decoder becomes ``pruned_transformer`` with the same weights (the
+    class that decodes fast: source keys/values once per utterance). Returns a new model
+    (the input is untouched) and the updated training arguments.
     """
-    if not isinstance(model.encoder, GatedConformerEncoder):
+    from espnet_prune.parts import gated_parts
+
+    if "encoder" not in gated_parts(model):
         raise TypeError(
             f"expected a gated_conformer encoder, found {type(model.encoder).__name__}"
         )
     was_training = model.training
     model = copy.deepcopy(model).eval()
     args = copy.deepcopy(train_args)
-    if hasattr(model.decoder, "shrink"):  # gated decoder: selected jointly with the encoder
-        model.decoder, args.decoder_conf = model.decoder.shrink()
-        args.decoder = "pruned_transformer"
-    else:
+    parts = gated_parts(model)
+    shrunk = {name: part.shrink() for name, part in parts.items()}
+    for name, (module, conf) in shrunk.items():
+        setattr(model, name, module)
+        setattr(args, name, parts[name].shrunk_name)
+        setattr(args, f"{name}_conf", conf)
+    if "decoder" not in parts:
         model.decoder, decoder_name = fast_decoder(model.decoder)
         args.decoder = decoder_name or args.decoder
-    encoder, conf = shrink_encoder(model.encoder, dict(train_args.encoder_conf or {}))
-    model.encoder = encoder
-    args.encoder = "pruned_conformer"
-    args.encoder_conf = conf
     return model.train(was_training), args
 
 
@@ -149,4 +80,3 @@ def fast_decoder(decoder: Optional[torch.nn.Module]) -> Tuple[Optional[torch.nn.
     if type(decoder) is not TransformerDecoder:
         return decoder, None
     return PrunedTransformerDecoder.from_transformer_decoder(decoder), "pruned_transformer"
-

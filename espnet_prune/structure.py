@@ -379,3 +379,26 @@ def transformer_options(decoder: TransformerDecoder) -> Dict[str, Any]:
             use_flash_attn=bool(getattr(layer.self_attn, "use_flash_attn", False)),
         )
     return {k: v for k, v in opts.items() if k in TRANSFORMER_PARAMS | {"vocab_size", "encoder_output_size"}}
+
+
+_UNSUPPORTED_ENCODER = {
+    "normalize_before": (False, "post-norm blocks cannot drop modules cleanly"),
+    "concat_after": (True, "concat_after is not supported"),
+    "qk_norm": (True, "qk_norm is not supported"),
+}
+
+
+def check_supported_conf(conf: Dict[str, Any]) -> None:
+    """An ``encoder_conf`` the gated and pruned encoders accept; else a ValueError naming the key."""
+    for key, (bad, why) in _UNSUPPORTED_ENCODER.items():
+        if key in conf and conf[key] == bad:
+            raise ValueError(f"encoder_conf.{key}={bad}: {why} by the pruning encoders")
+    if conf.get("positionwise_layer_type", "linear") != "linear":
+        raise ValueError(
+            "encoder_conf.positionwise_layer_type must be 'linear' for the pruning encoders"
+        )
+    if conf.get("input_layer", "conv2d") not in ("conv2d", "conv2d1", "conv2d2", "conv2d6", "conv2d8", "linear"):
+        raise ValueError(
+            f"encoder_conf.input_layer={conf['input_layer']!r} is not supported by the "
+            "pruning encoders (use conv2d, conv2d1, conv2d2, conv2d6, conv2d8 or linear)"
+        )

@@ -37,6 +37,7 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Tuple
 import torch
 
 from espnet_prune.budget import UnitGroup, expected_cost, kept_cost, max_error, select_units
+from espnet_prune.parts import gated_parts
 
 Tensor = torch.Tensor
 
@@ -232,16 +233,6 @@ class TargetSelector:
 
     def achieved_sparsity(self) -> float:
         return 1.0 - self.achieved_cost() / self.dense_cost()
-
-
-def gated_parts(model: torch.nn.Module) -> Dict[str, torch.nn.Module]:
-    """The gated parts of an ESPnet ASR model (those with ``unit_groups``)."""
-    parts = {}
-    for name in ("encoder", "decoder"):
-        part = getattr(model, name, None)
-        if part is not None and hasattr(part, "unit_groups"):
-            parts[name] = part
-    return parts
 
 
 def model_params(model: torch.nn.Module) -> int:

@@ -17,7 +17,8 @@ from conftest import (
 from espnet_prune.cost import structure_cost
 from espnet_prune.encoder import GatedConformerEncoder
 from espnet_prune.pruned_encoder import PrunedConformerEncoder
-from espnet_prune.shrink import shrink_asr_model, shrink_encoder
+from espnet_prune.parts import GatedPart, gated_parts
+from espnet_prune.shrink import shrink_asr_model
 from espnet_prune.structure import BlockStructure
 
 
@@ -41,7 +42,10 @@ def test_shrunk_encoder_equals_gated_eval(variant, seed, target):
     if target is not None:  # the front end is pruned too (encoder scope)
         gated.set_eval_target(target, 0.4)
     gated.eval()
-    pruned, pconf = shrink_encoder(gated, conf)
+    assert isinstance(gated, GatedPart)
+    pruned, pconf = gated.shrink()
+    assert pconf == {**{k: v for k, v in conf.items() if k not in ('gate_granularities', 'gate_conf')},
+                     **{k: pconf[k] for k in pconf if k not in conf}}
     assert isinstance(pruned, PrunedConformerEncoder)
     assert pruned.structure() == gated.structure()
     x = torch.randn(3, 70, 20, generator=torch.Generator().manual_seed(seed))

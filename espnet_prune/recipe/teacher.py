@@ -145,7 +145,7 @@ def token_list_of(config: Path, conf: Dict[str, Any], files: Dict[str, Path]) ->
 
 def check_architecture(config: Path, conf: Dict[str, Any], gated_decoder: bool = True) -> None:
     """The teacher is a Conformer the gated encoder (and decoder) can take."""
-    from espnet_prune.encoder import check_supported_conf
+    from espnet_prune.structure import check_supported_conf
 
     if conf.get("encoder") != "conformer":
         raise TeacherError(f"{config}: encoder={conf.get('encoder')!r}: only ESPnet's 'conformer' "

@@ -829,13 +829,14 @@ def gated_asr(tmp_path, monkeypatch):
 
 
 def _shrink_model(model, args):
-    """Shrunk ESPnet model: encoder through shrink_asr_model, decoder through its shrink()."""
+    """Shrunk ESPnet model: every gated part (encoder and decoder) through shrink_asr_model."""
+    from espnet_prune.parts import gated_parts
     from espnet_prune.shrink import shrink_asr_model
 
+    assert list(gated_parts(model)) == ["encoder", "decoder"]
     shrunk, new_args = shrink_asr_model(model, args)
-    decoder, conf = model.decoder.shrink()
-    shrunk.decoder = decoder
-    new_args.decoder, new_args.decoder_conf = "pruned_transformer", conf
+    assert new_args.decoder == "pruned_transformer"
+    assert new_args.decoder_conf == model.decoder.shrink()[1]
     return shrunk.eval(), new_args
 
 

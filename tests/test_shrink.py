@@ -107,8 +107,10 @@ def _gated_asr(tmp_path, seed=0):
 
 def test_shrunk_asr_model_same_ctc_posteriors(tmp_path):
     model, args = _gated_asr(tmp_path)
+    assert list(gated_parts(model)) == ["encoder"]  # a dense decoder is not a gated part
     shrunk, shrunk_args = shrink_asr_model(model, args)
     assert shrunk_args.encoder == "pruned_conformer"
+    assert gated_parts(shrunk) == {} and not isinstance(shrunk.encoder, GatedPart)
     speech = torch.randn(2, 16000, generator=torch.Generator().manual_seed(3))
     lengths = torch.tensor([16000, 11000])
     with torch.no_grad():

@@ -1,0 +1,75 @@
+# Stages 8-9 of run.sh (sourced): decode every model on every test set, score, report.
+# ${models[@]} holds NAME=DIR entries (run.sh).
+
+decode_stage() {  # stage 8: ESPnet's asr_inference (our fast decoder), split over $nj jobs
+    local m dir s dec n j parts
+    for m in "${models[@]}"; do
+        dir=${m#*=}
+        for s in $test_sets; do
+            dec=${dir}/${inference_tag}_${s}
+            if up_to_date "${dec}/text" "${dir}/model.pth" "$inference_config"; then
+                log "${dec}: complete, skipped"; continue
+            fi
+            rm -rf "${dec}/logdir"
+            n=$(python -m espnet_prune.recipe.steps split_scp --scp "${dump}/${s}/${speech_file}" --nj "$nj" --out_dir "${dec}/logdir")
+            # one thread per job unless cores are left over: oversubscribed OpenMP is many times slower
+            ${decode_cmd} JOB=1:"$n" "${dec}/logdir/decode.JOB.log" \
+                env OMP_NUM_THREADS=$(( $(nproc) / n > 0 ? $(nproc) / n : 1 )) python -m espnet_prune.bin.asr_inference \
+                --ngpu 0 --batch_size 1 --config "$inference_config" --fast_decoder "$fast_decoder" \
+                --asr_train_config "${dir}/config.yaml" --asr_model_file "${dir}/model.pth" \
+                --data_path_and_name_and_type "${dec}/logdir/keys.JOB.scp,speech,${speech_type}" \
+                --output_dir "${dec}/logdir/output.JOB"
+            parts=(); for ((j = 1; j <= n; j++)); do parts+=("${dec}/logdir/output.${j}/1best_recog/text"); done
+            python -m espnet_prune.recipe.steps merge_text --output "${dec}/text" --expect "${dump}/${s}/text" "${parts[@]}"
+            log "decoded ${dec}/text"
+        done
+    done
+}
+
+report_stage() {  # stage 9: sclite-compatible scoring per model and set, then RESULTS.md
+    local m dir s dec spk spk_args results published model_args t tag b report_args png
+    results=()
+    for m in "${models[@]}"; do
+        dir=${m#*=}
+        for s in $test_sets; do
+            dec=${dir}/${inference_tag}_${s}
+            results+=("${dec}/score_wer/result.txt")
+            if up_to_date "${dec}/score_wer/result.txt" "${dec}/text"; then
+                log "${dec}/score_wer: complete, skipped"; continue
+            fi
+            # per voice family for the mini corpus, per speaker otherwise
+            spk=${data}/${s}/utt2accent; [ -f "$spk" ] || spk=${dump}/${s}/utt2spk
+            spk_args=(); [ -f "$spk" ] && spk_args=(--utt2spk "$spk")
+            python -m espnet_prune.data.scoring --ref "${dump}/${s}/text" --hyp "${dec}/text" \
+                --out_dir "${dec}/score_wer" "${spk_args[@]}" --sclite auto > /dev/null
+            log "${dec}: $(grep -m1 'Sum/Avg' "${dec}/score_wer/result.txt" || true)"
+        done
+    done
+    published=()
+    [ "$dataset" = librispeech_100 ] && published=(--published librispeech_100)
+    model_args=(); for m in "${models[@]}"; do model_args+=(--model "$m"); done
+    [ "$control" = true ] && model_args+=(--control baseline_control)
+    for t in $prune_targets; do
+        tag=$(target_tag "$t"); model_args+=(--train_log "prune_${tag}=${exp}/prune_${tag}/train.log")
+        # each pruned model against its same-size baselines, in the paired-bootstrap table
+        for b in $baselines; do model_args+=(--pair "prune_${tag}:${b}_${tag}"); done
+    done
+    # shellcheck disable=SC2206
+    report_args=("${model_args[@]}" --test_sets $test_sets \
+        --data_dir "$dump" --decode_name "$inference_tag" --inference_config "$inference_config" \
+        --latency_set "${test_sets##* }" --latency_utts "$latency_utts" --threads 1 \
+        --fast_decoder "$fast_decoder" --data_format "$data_format" \
+        "${published[@]}" --output "${exp}/RESULTS.md" --json "${exp}/results.json")
+    # stale when a scored input changed or the report would be asked something else
+    if up_to_date "${exp}/RESULTS.md" "${results[@]}" \
+            && [ "$(cat "${exp}/report.args" 2>/dev/null)" = "${report_args[*]}" ]; then
+        log "${exp}/RESULTS.md: complete, skipped"
+    else
+        python -m espnet_prune.recipe.report "${report_args[@]}"
+        echo "${report_args[*]}" > "${exp}/report.args"
+    fi
+    cp "${exp}/RESULTS.md" RESULTS.md
+    # the plots RESULTS.md links to (relative links), beside it
+    for png in "${exp}"/*.png; do [ -f "$png" ] && cp "$png" .; done
+    cat RESULTS.md
+}

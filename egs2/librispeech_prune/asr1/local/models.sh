@@ -1,0 +1,110 @@
+# Stages 5-7 of run.sh (sourced): one function per training job. Each skips a job whose
+# output is complete and newer than its inputs; stage 5-7 start them in the job pool (lib.sh).
+
+epochs() { python -m espnet_prune.recipe.same_size epochs "$@"; }
+# whole-model parameters of a pruned model (from its shrink summary)
+pruned_params() { python -c 'import json,sys; print(json.load(open(sys.argv[1]))["params_shrunk_model"])' "$1/shrunk/summary.json"; }
+
+prune_job() {  # prune_job TARGET: gated training distilled from the teacher -> final_gated
+    local target tag out
+    target=$(parse_target "$1"); tag=$(target_tag "$1"); out=${exp}/prune_${tag}
+    if up_to_date "${out}/final_gated/model.pth" "${baseline}/final/model.pth" "$prune_config"; then
+        log "${out}: complete, skipped"; return 0
+    fi
+    # the teacher's architecture + the pruning options, with the teacher's files and the target
+    mkdir -p "$out"
+    python -m espnet_prune.recipe.teacher prune_config --teacher_dir "${baseline}/final" \
+        --prune_config "$prune_config" --target "$target" --output "${out}/prune_config.yaml"
+    train "$out" "${out}/prune_config.yaml"
+    # the gates move until the end: keep the last epoch, not an average
+    python -m espnet_prune.recipe.steps export --config "${out}/config.yaml" \
+        --model "${out}/latest.pth" --output_dir "${out}/final_gated"
+}
+
+control_job() {  # the teacher trained on for as many updates as pruning + fine-tuning
+    local out=$control_dir
+    if up_to_date "${out}/final/model.pth" "${baseline}/final/model.pth" "$train_config" "$prune_config" "$finetune_config"; then
+        log "${out}: complete, skipped"; return 0
+    fi
+    mkdir -p "$out"
+    python -m espnet_prune.recipe.same_size control_config --train_config "$train_config" \
+        --prune_config "$prune_config" --finetune_config "$finetune_config" --output "${out}/train.yaml"
+    train "$out" "${out}/train.yaml" --init_param "${baseline}/final/model.pth"
+    export_best "$out" "${out}/final"
+}
+
+export_best() {  # export_best TRAIN_DIR OUT: ESPnet's n-best average (else the last epoch) -> plain model
+    local avg
+    avg=$(ls -t "$1"/valid.acc.ave.pth "$1"/valid.*.ave.pth 2>/dev/null | head -n 1)
+    # drops training-only state (distillation): a plain ESPnet model
+    python -m espnet_prune.bin.shrink --asr_train_config "$1/config.yaml" \
+        --asr_model_file "${avg:-$1/latest.pth}" --output_dir "$2" > /dev/null
+}
+
+finetune_job() {  # finetune_job DIR EPOCHS [train args]: DIR/shrunk -> distilled fine-tuning -> DIR/final
+    local out=$1 n_epochs=$2; shift 2
+    local ft=${out}/finetune
+    if up_to_date "${out}/final/model.pth" "${out}/shrunk/model.pth" "$finetune_config"; then
+        log "${out}/final: complete, skipped"; return 0
+    fi
+    mkdir -p "$ft"
+    python -m espnet_prune.recipe.steps finetune_config --shrunk_config "${out}/shrunk/config.yaml" \
+        --finetune_config "$finetune_config" --output "${ft}/train.yaml"
+    train "$ft" "${ft}/train.yaml" --init_param "${out}/shrunk/model.pth" --max_epoch "$n_epochs" \
+        --model_conf "teacher_config=${baseline}/final/config.yaml" \
+        --model_conf "teacher_model_file=${baseline}/final/model.pth" "$@"
+    export_best "$ft" "${out}/final"
+}
+
+shrink_job() {  # shrink_job TARGET: final_gated -> shrunk (-> fine-tuned final)
+    local tag out
+    tag=$(target_tag "$1"); out=${exp}/prune_${tag}
+    if up_to_date "${out}/shrunk/model.pth" "${out}/final_gated/model.pth"; then
+        log "${out}/shrunk: complete, skipped"
+    else
+        python -m espnet_prune.bin.shrink --asr_train_config "${out}/final_gated/config.yaml" \
+            --asr_model_file "${out}/final_gated/model.pth" --output_dir "${out}/shrunk" > /dev/null
+        log "${out}/shrunk: $(grep -E '"(params_shrunk_model|params_sparsity)"' "${out}/shrunk/summary.json" | tr -d '\n ')"
+    fi
+    if [ "$finetune" != true ]; then
+        python -m espnet_prune.recipe.steps export --config "${out}/shrunk/config.yaml" \
+            --model "${out}/shrunk/model.pth" --output_dir "${out}/final"
+        return 0
+    fi
+    finetune_job "$out" "$(epochs "$finetune_config")"
+}
+
+same_size_job() {  # same_size_job METHOD TARGET: a baseline of the pruned model's whole-model size
+    local method=$1 tag out n
+    tag=$(target_tag "$2"); out=${exp}/${method}_${tag}
+    local pruned=${exp}/prune_${tag}
+    n=$(pruned_params "$pruned")
+    case $method in
+        scratch)  # a smaller dense model trained from scratch for the whole budget
+            if up_to_date "${out}/final/model.pth" "${pruned}/shrunk/model.pth" "$train_config"; then
+                log "${out}: complete, skipped"; return 0
+            fi
+            mkdir -p "$out"
+            python -m espnet_prune.recipe.same_size scratch_config --teacher_dir "${baseline}/final" \
+                --train_config "$train_config" --params "$n" --output "${out}/train.yaml" | tail -n 1 > "${out}/size.json"
+            train "$out" "${out}/train.yaml" \
+                --max_epoch "$(epochs "$train_config" "$prune_config" "$finetune_config")"
+            export_best "$out" "${out}/final" ;;
+        magnitude|layerdrop)  # cut from the teacher, then fine-tuned like the pruned model
+            if ! up_to_date "${out}/shrunk/model.pth" "${pruned}/shrunk/model.pth" "${baseline}/final/model.pth"; then
+                mkdir -p "$out"
+                if [ "$method" = magnitude ]; then
+                    python -m espnet_prune.recipe.same_size magnitude --teacher_dir "${baseline}/final" \
+                        --prune_config "$prune_config" --params "$n" --output_dir "${out}/shrunk" > /dev/null
+                else
+                    python -m espnet_prune.recipe.same_size layerdrop --teacher_dir "${baseline}/final" \
+                        --params "$n" --output_dir "${out}/shrunk" > /dev/null
+                fi
+                log "${out}/shrunk: $(tr -d '\n ' < "${out}/shrunk/summary.json")"
+            fi
+            local extra=()
+            # fewer blocks than the teacher: no block-to-block map, prediction-layer distillation only
+            [ "$method" = layerdrop ] && extra=(--model_conf "distill_layers=[]")
+            finetune_job "$out" "$(epochs "$prune_config" "$finetune_config")" "${extra[@]}" ;;
+    esac
+}

@@ -1,0 +1,147 @@
+"""The recipe's checks before any stage runs: every problem of a ``run.sh`` call, named, at once.
+
+``run.sh`` calls it once, after its options are parsed and its paths derived::
+
+    python -m espnet_prune.recipe.preflight --stage 5 --stop_stage 9 --prune_targets params:0.5 \\
+        --exp exp/mini --baseline exp/mini/asr_baseline ...   (every option below)
+
+It checks, in this order, and prints each problem as one line ``error: ...`` (exit status 1):
+
+* the options themselves: whole numbers (``--stage``, ``--stop_stage``, ``--nj``, ``--ngpu``,
+  ``--num_nodes``, ``--train_jobs``), ``--control`` true/false, the ``--baselines`` names,
+  every ``--prune_targets`` entry (kind and value, as ``model_conf.target`` will), the
+  ``cmd_backend`` of ``cmd.sh`` and multi-node training only through Slurm;
+* the configs of the stages that run, and that the pruning config holds pruning options only;
+* what the first stage that runs needs from the stages before it (``made by stage N``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+BASELINES = ("scratch", "magnitude", "layerdrop")
+
+
+def _whole(value: str) -> bool:
+    return re.fullmatch(r"[0-9]+", value) is not None
+
+
+def option_problems(a: argparse.Namespace) -> List[str]:
+    """Problems of the option values alone."""
+    from espnet_prune.targets import parse_target
+
+    problems = []
+    for spec in a.prune_targets:
+        kind, _, value = spec.partition(":")
+        try:
+            parse_target({kind: value})
+        except ValueError as e:
+            problems.append(f"--prune_targets {spec}: {e}")
+    problems += [f"unknown --baselines entry '{b}' ({', '.join(BASELINES)})"
+                 for b in a.baselines if b not in BASELINES]
+    if not re.fullmatch(r"[1-9][0-9]*", a.train_jobs):
+        problems.append(f"--train_jobs must be a positive integer, got '{a.train_jobs}'")
+    if a.control not in ("true", "false"):
+        problems.append(f"--control must be true or false, got '{a.control}'")
+    for name in ("stage", "stop_stage", "nj", "ngpu"):
+        if not _whole(getattr(a, name)):
+            problems.append(f"--{name} {getattr(a, name)}: not a whole number")
+    if not re.fullmatch(r"[1-9][0-9]*", a.num_nodes):
+        problems.append(f"--num_nodes {a.num_nodes}: must be a whole number >= 1")
+    elif int(a.num_nodes) > 1 and a.cmd_backend != "slurm":
+        problems.append(f"--num_nodes {a.num_nodes}: multi-node training needs cmd_backend=slurm "
+                        f"(now '{a.cmd_backend}', see cmd.sh)")
+    if a.cmd_backend not in ("local", "slurm"):
+        problems.append(f"cmd_backend={a.cmd_backend}: must be local or slurm (cmd.sh)")
+    return problems
+
+
+def input_problems(a: argparse.Namespace) -> List[str]:
+    """Missing configs and missing outputs of earlier stages, for the stages that run."""
+    from espnet_prune.recipe.teacher import TeacherError, check_prune_options, load_config
+
+    stage, stop = int(a.stage), int(a.stop_stage)
+    control = a.control == "true"
+    problems: List[str] = []
+
+    def runs(n: int) -> bool:
+        return stage <= n <= stop
+
+    def need(path: str, why: str) -> None:
+        if not Path(path).exists():
+            problems.append(f"{path}: not found ({why})")
+
+    if (a.fbank and runs(4)) or (control and runs(5)) or ("scratch" in a.baselines and runs(7)):
+        need(a.train_config, "--train_config")
+    if runs(5):
+        need(a.prune_config, "--prune_config")
+        if Path(a.prune_config).exists():  # pruning options only: the architecture comes from the teacher
+            try:
+                check_prune_options(load_config(Path(a.prune_config)), where=a.prune_config)
+            except TeacherError as e:
+                problems.append(str(e))
+    if (runs(6) and a.finetune == "true") or (control and runs(5)) or (a.baselines and runs(7)):
+        need(a.finetune_config, "--finetune_config")
+    if runs(8) or runs(9):
+        need(a.inference_config, "--inference_config")
+    if not (stage >= 2 and stop >= stage):
+        return problems
+    first = stage
+    if a.fbank:
+        if first == 2:
+            for s in [a.train_set, a.valid_set] + a.test_sets:
+                need(f"{a.data}/{s}/wav.scp", "made by stage 1")
+        if first == 3:
+            need(f"{a.train_dump}/text", "made by stage 2")
+        if 4 <= first <= 8:
+            need(f"{a.train_dump}/feats.scp", "made by stage 2")
+            need(a.bpemodel, "made by stage 3")
+        if first >= 5:
+            need(f"{a.baseline}/final/model.pth", "the baseline, made by stage 4")
+    tags = [spec.replace(":", "", 1) for spec in a.prune_targets]
+    for tag in tags:
+        if first == 6:
+            need(f"{a.exp}/prune_{tag}/final_gated/model.pth", "made by stage 5")
+        if first >= 7:
+            need(f"{a.exp}/prune_{tag}/final/model.pth", "made by stage 6")
+    if first >= 8 and control:
+        need(f"{a.control_dir}/final/model.pth", "the control, made by stage 5")
+    for tag in tags:
+        for b in a.baselines:
+            if first >= 8:
+                need(f"{a.exp}/{b}_{tag}/final/model.pth", "made by stage 7")
+    return problems
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name in ("stage", "stop_stage", "nj", "ngpu", "num_nodes", "train_jobs", "control",
+                 "finetune", "cmd_backend", "train_config", "prune_config", "finetune_config",
+                 "inference_config", "data", "train_set", "valid_set", "train_dump", "bpemodel",
+                 "baseline", "exp", "control_dir"):
+        p.add_argument(f"--{name}", required=True)
+    p.add_argument("--fbank", choices=("true", "false"), required=True,
+                   help="our features and tokens (stages 2-4); false with an imported teacher")
+    p.add_argument("--prune_targets", nargs="*", default=[], help="KIND:VALUE entries")
+    p.add_argument("--baselines", nargs="*", default=[])
+    p.add_argument("--test_sets", nargs="*", default=[])
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    a = get_parser().parse_args(argv)
+    a.fbank = a.fbank == "true"
+    problems = option_problems(a)
+    if not problems:  # the paths are only meaningful for valid options
+        problems = input_problems(a)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

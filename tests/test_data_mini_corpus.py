@@ -62,7 +62,7 @@ def test_grammar_size_and_lengths() -> None:
 
 def test_undefined_nonterminal_is_caught() -> None:
     with pytest.raises(ValueError, match=r"uses undefined \$NOPE"):
-        grammar._check_grammar({"$S": ["HELLO $NOPE"]})
+        grammar.check_grammar({"$S": ["HELLO $NOPE"]})
 
 
 def test_plan_is_disjoint_and_deterministic() -> None:

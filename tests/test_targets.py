@@ -203,3 +203,11 @@ def build_asr_dense(args):
 
     conf = {k: v for k, v in args.encoder_conf.items() if k not in ("gate_granularities", "gate_conf")}
     return ConformerEncoder(20, **conf)
+
+
+def test_target_kinds_are_the_cost_vocabulary():
+    """Every target names one metric and one scope of the cost package, and every pair has a kind."""
+    from espnet_prune.cost import METRICS, SCOPES
+    from espnet_prune.targets import TARGET_KINDS
+
+    assert sorted(TARGET_KINDS.values()) == sorted((m, s) for m in METRICS for s in SCOPES)

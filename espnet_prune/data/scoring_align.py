@@ -116,7 +116,7 @@ def align(
 # --------------------------------------------------------------------------- totals
 
 
-def _pct1(x: int, d: int) -> float:
+def percent1(x: int, d: int) -> float:
     """``100 * x / d`` rounded to one decimal, halves up (as sclite prints it: 56.25 -> 56.3).
 
     Exact integer arithmetic, so ties are decided the same way on every machine.
@@ -171,9 +171,9 @@ class ErrorCounts:
     def sclite_percentages(self) -> Dict[str, float]:
         """:meth:`percentages` rounded to one decimal the way sclite prints them."""
         w, n = self.n_wrd, self.n_snt
-        return {"Corr": _pct1(self.corr, w), "Sub": _pct1(self.sub, w),
-                "Del": _pct1(self.dele, w), "Ins": _pct1(self.ins, w),
-                "Err": _pct1(self.err, w), "S.Err": _pct1(self.n_snt_err, n)}
+        return {"Corr": percent1(self.corr, w), "Sub": percent1(self.sub, w),
+                "Del": percent1(self.dele, w), "Ins": percent1(self.ins, w),
+                "Err": percent1(self.err, w), "S.Err": percent1(self.n_snt_err, n)}
 
     def add(self, a: Alignment) -> None:
         self.n_snt += 1

@@ -15,7 +15,7 @@ import re
 import statistics
 from typing import Dict, List, Tuple, Union
 
-from espnet_prune.data.scoring_align import ErrorCounts, ScoreResult, _pct1
+from espnet_prune.data.scoring_align import ErrorCounts, ScoreResult, percent1
 from espnet_prune.fileio import atomic_write_text
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -53,7 +53,7 @@ def _table(
         if percent and c.n_wrd == 0:
             return "|%5d %6d |%5d* %5d* %5d* %5d* %5d*%6.1f |" % (
                 c.n_snt, c.n_wrd, c.corr, c.sub, c.dele, c.ins, c.err,
-                _pct1(c.n_snt_err, c.n_snt))
+                percent1(c.n_snt_err, c.n_snt))
         if percent:
             p = c.sclite_percentages()
             return "|%5d %6d |%5.1f %6.1f %6.1f %6.1f %6.1f %6.1f |" % (

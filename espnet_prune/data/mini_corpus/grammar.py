@@ -24,7 +24,7 @@ MIN_WORDS = 3
 MAX_WORDS = 10
 
 
-def _check_grammar(grammar: Dict[str, List[str]]) -> None:
+def check_grammar(grammar: Dict[str, List[str]]) -> None:
     """Raise ValueError unless ``grammar`` has ``$S`` and every non-terminal it uses."""
     if "$S" not in grammar:
         raise ValueError("grammar has no start symbol '$S'")

@@ -17,7 +17,7 @@ from espnet_prune.data.mini_corpus.grammar import (
     GRAMMAR,
     MAX_WORDS,
     MIN_WORDS,
-    _check_grammar,
+    check_grammar,
     sample_sentence,
 )
 
@@ -132,7 +132,7 @@ def make_plan(cfg: CorpusConfig, available: Callable[[str, str], bool]) -> List[
     Every sentence is used once in the whole corpus, so dev/test sentences never occur in
     train; speakers are from :func:`make_speakers` (disjoint per split).
     """
-    _check_grammar(GRAMMAR)
+    check_grammar(GRAMMAR)
     speakers = make_speakers(cfg, available)
     rng = random.Random(f"text-{cfg.seed}")
     counts = {"train": cfg.n_train, "dev": cfg.n_dev, "test": cfg.n_test}

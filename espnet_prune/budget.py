@@ -39,6 +39,7 @@ gated encoder, :mod:`espnet_prune.cost`) provide them.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass, field
 from typing import Dict, Hashable, List, Optional, Sequence, Tuple
 
@@ -144,16 +145,8 @@ def select_units(groups: Sequence[UnitGroup], budget: float) -> Dict[Hashable, T
 
     See the module docstring for the rule and its guarantee.
     """
+    _check_groups(groups)
     keys = [g.key for g in groups]
-    if len(set(keys)) != len(keys):
-        raise ValueError("select_units: group keys must be unique")
-    by_key = {g.key: g for g in groups}
-    for g in groups:
-        if not g.unit_cost > 0 or g.fixed_cost < 0:
-            raise ValueError(f"group {g.key!r}: unit_cost must be > 0 and fixed_cost >= 0")
-        for other, c in g.pair_costs.items():
-            if other not in by_key or by_key[other].pair_costs.get(g.key) != c or c < 0:
-                raise ValueError(f"group {g.key!r}: pair cost with {other!r} must be >= 0 and symmetric")
     if not groups:
         return {}
     if any(g.pair_costs for g in groups):
@@ -308,6 +301,63 @@ def _select_coupled(groups: Sequence[UnitGroup], budget: float) -> Dict[Hashable
         if kept[p]:
             result[groups[gi].key].append(j)
     return {k: torch.tensor(sorted(v), dtype=torch.long) for k, v in result.items()}
+
+
+def select_nested(groups: Sequence[UnitGroup], budgets: Sequence[float]) -> List[Dict[Hashable, Tensor]]:
+    """One selection per budget, nested: what a smaller budget keeps, every larger one keeps.
+
+    The rule for a family of sizes from one ranking (the ranking of :func:`select_units`):
+    walk the ranked units once, each costing its marginal cost when added (its own cost,
+    its group's fixed cost when it is the group's first unit, its pairs with the kept units
+    of coupled groups). Each budget keeps the longest prefix of the ranking whose cost fits,
+    plus the next unit when that lands closer to the budget. Prefixes of one ranking are
+    nested, and ``|kept cost - budget| <= max_error(groups)`` for every budget below the full
+    cost (the error is at most half the marginal cost of the unit at the cut). Unlike
+    :func:`select_units` no unit is skipped or exchanged, so the structures may land a little
+    further from their budgets than :func:`select_units`' (still within the same bound).
+
+    Returns the kept unit indices of every group (sorted ``LongTensor``), one dict per budget
+    in the order of ``budgets``.
+    """
+    if not groups:
+        return [{} for _ in budgets]
+    _check_groups(groups)
+    ranked = sorted(
+        (-float(s), gi, j) for gi, g in enumerate(groups) for j, s in enumerate(g.scores.detach().cpu().tolist())
+    )
+    index = {g.key: gi for gi, g in enumerate(groups)}
+    pairs = [[(index[k], c) for k, c in g.pair_costs.items()] for g in groups]
+    counts = [0] * len(groups)
+    prefix_cost = [0.0]  # cost of the first p ranked units
+    for _, gi, _ in ranked:
+        g = groups[gi]
+        cost = g.unit_cost + (g.fixed_cost if counts[gi] == 0 else 0.0)
+        cost += sum(c * counts[h] for h, c in pairs[gi])
+        counts[gi] += 1
+        prefix_cost.append(prefix_cost[-1] + cost)
+    out = []
+    for budget in budgets:
+        p = max(bisect.bisect_right(prefix_cost, float(budget)) - 1, 0)  # longest prefix that fits
+        if p < len(ranked) and prefix_cost[p + 1] - budget < budget - prefix_cost[p]:
+            p += 1  # the next unit lands closer
+        kept: Dict[Hashable, List[int]] = {g.key: [] for g in groups}
+        for _, gi, j in ranked[:p]:
+            kept[groups[gi].key].append(j)
+        out.append({k: torch.tensor(sorted(v), dtype=torch.long) for k, v in kept.items()})
+    return out
+
+
+def _check_groups(groups: Sequence[UnitGroup]) -> None:
+    keys = [g.key for g in groups]
+    if len(set(keys)) != len(keys):
+        raise ValueError("select_units: group keys must be unique")
+    by_key = {g.key: g for g in groups}
+    for g in groups:
+        if not g.unit_cost > 0 or g.fixed_cost < 0:
+            raise ValueError(f"group {g.key!r}: unit_cost must be > 0 and fixed_cost >= 0")
+        for other, c in g.pair_costs.items():
+            if other not in by_key or by_key[other].pair_costs.get(g.key) != c or c < 0:
+                raise ValueError(f"group {g.key!r}: pair cost with {other!r} must be >= 0 and symmetric")
 
 
 def _first_occurrence(ids: Tensor) -> Tensor:

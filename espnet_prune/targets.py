@@ -36,7 +36,7 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Tuple
 
 import torch
 
-from espnet_prune.budget import UnitGroup, expected_cost, kept_cost, max_error, select_units
+from espnet_prune.budget import UnitGroup, expected_cost, kept_cost, max_error, select_nested, select_units
 from espnet_prune.parts import gated_parts
 
 Tensor = torch.Tensor
@@ -50,6 +50,10 @@ TARGET_KINDS: Dict[str, Tuple[str, str]] = {
     "block_params": ("params", "blocks"),
     "block_macs": ("macs", "blocks"),
 }
+
+
+#: How a selector turns scores into a structure (see :class:`TargetSelector`).
+SELECTION_RULES = ("exact", "nested")
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,10 @@ class TargetSelector:
         ctx: reference input of the MACs.
         rest: cost of what is outside every part, in ``(metric, scope)`` (e.g. the
             embeddings and output layers for ``params``), added to the constant.
+        rule: ``exact`` (:func:`~espnet_prune.budget.select_units`, the closest structure)
+            or ``nested`` (:func:`~espnet_prune.budget.select_nested`: a prefix of the
+            ranking, so the structures of one gate state at several targets nest; a
+            family of sizes).
     """
 
     def __init__(
@@ -112,7 +120,10 @@ class TargetSelector:
         sparsity: Optional[float],
         ctx: CostContext = CostContext(),
         rest: float = 0.0,
+        rule: str = "exact",
     ) -> None:
+        if rule not in SELECTION_RULES:
+            raise ValueError(f"unknown selection rule {rule!r}; choose from {list(SELECTION_RULES)}")
         if kind not in TARGET_KINDS:
             raise ValueError(f"unknown target kind {kind!r}; choose from {list(TARGET_KINDS)}")
         self.parts = parts
@@ -121,6 +132,7 @@ class TargetSelector:
         self.sparsity = sparsity
         self.ctx = ctx
         self.rest = float(rest)
+        self.rule = rule
         self._cache: Optional[Tuple[Tuple, Dict[str, Dict[Hashable, Tensor]]]] = None
         self._dense: Optional[float] = None
         self._scores: Optional[Dict[Tuple[str, Hashable], Tensor]] = None
@@ -210,7 +222,8 @@ class TargetSelector:
             budget = float(expected_cost(groups) + constant)
         else:
             budget = (1.0 - float(self.sparsity)) * self.dense_cost()
-        kept = select_units(groups, max(budget - float(constant), 0.0))
+        budget = max(budget - float(constant), 0.0)
+        kept = select_units(groups, budget) if self.rule == "exact" else select_nested(groups, [budget])[0]
         out: Dict[str, Dict[Hashable, Tensor]] = {name: {} for name in self.parts}
         for (name, key), idx in kept.items():
             out[name][key] = idx
@@ -275,8 +288,9 @@ def dense_decoder_macs(decoder: torch.nn.Module, memory_frames: int, tokens: int
 
 
 def build_selector(model: torch.nn.Module, kind: str, sparsity: Optional[float],
-                   ctx: CostContext = CostContext()) -> TargetSelector:
-    """The selector of ``model``'s gated parts for target ``{kind: sparsity}``."""
+                   ctx: CostContext = CostContext(), rule: str = "exact") -> TargetSelector:
+    """The selector of ``model``'s gated parts for target ``{kind: sparsity}`` (``rule``:
+    see :class:`TargetSelector`)."""
     parts = gated_parts(model)
     if "encoder" not in parts:
         raise ValueError(f"{type(model.encoder).__name__} has no gates: nothing to prune")
@@ -297,7 +311,7 @@ def build_selector(model: torch.nn.Module, kind: str, sparsity: Optional[float],
             )
         parts = {"encoder": parts["encoder"]}
     rest = _rest_of_model(model, parts, metric, ctx) if scope == "model" else 0.0
-    selector = TargetSelector(parts, kind, sparsity, ctx, rest)
+    selector = TargetSelector(parts, kind, sparsity, ctx, rest, rule)
     if sparsity is not None:
         with torch.no_grad():
             _, constant = selector.groups()
@@ -310,22 +324,3 @@ def build_selector(model: torch.nn.Module, kind: str, sparsity: Optional[float],
                 "as block_params)"
             )
     return selector
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    """``python -m espnet_prune.targets KIND:VALUE ...``: check recipe targets before any work."""
-    import sys
-
-    argv = sys.argv[1:] if argv is None else argv
-    for spec in argv:
-        kind, _, value = spec.partition(":")
-        try:
-            parse_target({kind: value})
-        except ValueError as e:
-            print(f"--prune_targets {spec}: {e}", file=sys.stderr)
-            return 1
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

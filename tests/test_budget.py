@@ -18,7 +18,7 @@ import torch
 import yaml
 
 from conftest import CONF_VARIANTS, conf_variant, set_random_gates
-from espnet_prune.budget import UnitGroup, kept_cost, max_error, select_units
+from espnet_prune.budget import UnitGroup, kept_cost, max_error, select_nested, select_units
 from espnet_prune.cost import sparsity, structure_cost
 from espnet_prune.encoder import GatedConformerEncoder
 from espnet_prune.targets import CostContext
@@ -304,3 +304,62 @@ def test_pair_costs_must_be_symmetric():
     b = UnitGroup("b", torch.rand(3), 1.0, 0.0, {"a": 3.0})
     with pytest.raises(ValueError, match="symmetric"):
         select_units([a, b], 5.0)
+
+
+# ----------------------------------------------------------------------------- nested family
+
+
+def reference_nested(groups: List[UnitGroup], budget: float) -> Dict:
+    """The nested rule written on whole structures: the longest prefix of the ranking whose
+    :func:`brute_cost` fits, or one unit more when that lands closer to the budget."""
+    ranked = sorted((-s, gi, j) for gi, g in enumerate(groups) for j, s in enumerate(g.scores.tolist()))
+
+    def prefix(p):
+        kept = {g.key: [] for g in groups}
+        for _, gi, j in ranked[:p]:
+            kept[groups[gi].key].append(j)
+        return kept
+
+    p = 0
+    while p < len(ranked) and brute_cost(groups, prefix(p + 1)) <= budget:
+        p += 1
+    if p < len(ranked) and brute_cost(groups, prefix(p + 1)) - budget < budget - brute_cost(groups, prefix(p)):
+        p += 1
+    return {k: sorted(v) for k, v in prefix(p).items()}
+
+
+@pytest.mark.parametrize("seed", range(40))
+@pytest.mark.parametrize("coupled", [False, True])
+def test_nested_selections_nest_and_land_within_the_bound(seed, coupled):
+    rng = random.Random(seed)
+    if coupled:
+        groups, _, _, full = _coupled_problem(seed)
+    else:
+        groups = _random_groups(rng, rng.randint(1, 8))
+        full = kept_cost(groups, {g.key: torch.arange(g.n) for g in groups})
+    budgets = [rng.random() * full * 1.1 for _ in range(4)]  # any order
+    family = select_nested(groups, budgets)
+    for budget, kept in zip(budgets, family):
+        assert {k: v.tolist() for k, v in kept.items()} == reference_nested(groups, budget)
+        cost = kept_cost(groups, kept)
+        assert cost == brute_cost(groups, {k: v.tolist() for k, v in kept.items()})
+        if cost < full:
+            assert abs(cost - budget) <= max_error(groups) + 1e-9
+    by_budget = sorted(zip(budgets, family), key=lambda x: x[0])
+    for (_, small), (_, large) in zip(by_budget, by_budget[1:]):  # every pair of sizes nests
+        for key in small:
+            assert set(small[key].tolist()) <= set(large[key].tolist()), key
+
+
+def test_nested_selection_by_hand():
+    """Ranked a0 (cost 2 + fixed 3), b0 (1), a1 (2), b1 (1): prefix costs 0, 5, 6, 8, 9."""
+    groups = [UnitGroup("a", torch.tensor([0.9, 0.6]), 2.0, 3.0), UnitGroup("b", torch.tensor([0.8, 0.5]), 1.0)]
+    got = [{k: v.tolist() for k, v in kept.items()} for kept in select_nested(groups, [2.4, 2.6, 5.4, 7.0, 7.1, 20])]
+    assert got == [
+        {"a": [], "b": []},         # 2.4: 0 is closer than 5
+        {"a": [0], "b": []},        # 2.6: 5 is closer than 0
+        {"a": [0], "b": []},        # 5.4: 5 fits, 6 is further
+        {"a": [0], "b": [0]},       # 7.0: 6 and 8 tie: the prefix that fits
+        {"a": [0, 1], "b": [0]},    # 7.1: 8 is closer
+        {"a": [0, 1], "b": [0, 1]}, # above the full cost: everything
+    ]

@@ -922,6 +922,35 @@ def test_whole_model_params_target_with_gated_decoder(gated_asr, target):
         p.numel() for p in model.decoder.gate_parameters())
 
 
+@pytest.mark.parametrize("kind", ["params", "macs"])
+def test_one_gate_state_shrinks_to_a_nested_family(gated_asr, kind):
+    """The nested rule at 0.3 / 0.5 / 0.7 on one gate state (encoder blocks, front end,
+    decoder): every unit kept at a sparsity is kept at every lower one, each member within
+    the rule's bound and a fixed cap of its target, and each shrinks to its exact cost."""
+    from espnet_prune.targets import build_selector
+
+    model, args = gated_asr
+    ctx = CostContext(seconds=2.0, frames_per_second=100.0, tokens=7)
+    dense = _dense_twin(args)
+    cap = half_largest_unit(dense, kind, ctx.input_frames, 7)
+    members = {}
+    for target in (0.7, 0.5, 0.3):
+        selector = build_selector(model, kind, target, ctx, rule="nested").attach()
+        assert set(selector.parts) == {"encoder", "decoder"} and model.encoder.gated_frontend
+        assert abs(selector.achieved_sparsity() - target) <= selector.error_bound()
+        assert abs(selector.achieved_sparsity() - target) <= cap / selector.dense_cost()
+        members[target] = {name: {k: set(v.tolist()) for k, v in keep.items()}
+                           for name, keep in selector.selection().items()}
+        if kind == "params":
+            shrunk, _ = _shrink_model(model, args)
+            assert sum(p.numel() for p in shrunk.parameters()) == selector.achieved_cost()
+    for small, large in ((0.7, 0.5), (0.5, 0.3)):
+        for name, keep in members[small].items():
+            for key, units in keep.items():
+                assert units <= members[large][name][key], (small, large, name, key)
+    assert members[0.7] != members[0.3]
+
+
 def test_whole_model_macs_target_with_gated_decoder(gated_asr):
     from espnet_prune.bin.profile import count_encoder_macs
     from espnet_prune.targets import build_selector

@@ -151,6 +151,30 @@ def test_shrink_command_writes_a_self_describing_model(tmp_path, capsys):
     assert json.loads((tmp_path / "shrunk/summary.json").read_text()) == printed
 
 
+def test_shrink_command_picks_nested_sizes_from_one_checkpoint(tmp_path, capsys):
+    from espnet_prune.bin import shrink as shrink_bin
+    from espnet_prune.model_io import save_asr_model
+
+    model, args = _gated_asr(tmp_path, seed=5)
+    save_asr_model(tmp_path / "gated", model, args)
+    common = ["--asr_train_config", str(tmp_path / "gated/config.yaml"),
+              "--asr_model_file", str(tmp_path / "gated/model.pth")]
+    sizes = []
+    for target in (0.1, 0.2, 0.3):
+        summary = shrink_bin.main(common + ["--target", f"encoder_params:{target}",
+                                            "--output_dir", str(tmp_path / f"shrunk_{target}")])
+        assert summary["target"] == {"kind": "encoder_params", "sparsity": target,
+                                     "achieved": summary["target"]["achieved"], "rule": "nested"}
+        assert abs(summary["target"]["achieved"] - target) <= 0.02
+        sizes.append([s for b in summary["block_structures"] for s in b.values()])
+    # nested: no block keeps more heads / units / channels at a higher sparsity
+    for small, large in zip(sizes[1:], sizes):
+        assert all(a <= b for a, b in zip(small, large)) and small != large
+    with pytest.raises(SystemExit, match="--target flops:0.5"):
+        shrink_bin.main(common + ["--target", "flops:0.5", "--output_dir", str(tmp_path / "x")])
+    capsys.readouterr()
+
+
 def test_loading_checks_keys(tmp_path):
     from espnet_prune.model_io import build_asr_model, save_asr_model
 

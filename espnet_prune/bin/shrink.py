@@ -12,6 +12,15 @@ rebuilds the model from them with every key matched, and prints a JSON summary
 chosen by the exact-target rule (:mod:`espnet_prune.budget`) against its
 ``model_conf.target``; the target and the achieved sparsity are printed side by
 side (stderr) and recorded under ``target`` in the summary.
+
+``--target KIND:X`` picks another size from the same checkpoint: the structure is a
+prefix of the gates' ranking (:func:`~espnet_prune.budget.select_nested`), so shrinking
+one checkpoint at several targets gives nested models (what a smaller one keeps, every
+larger one keeps), each within the rule's bound of its target::
+
+    for t in 0.3 0.5 0.7; do python -m espnet_prune.bin.shrink --target params:$t \
+        --asr_train_config exp/prune/final_gated/config.yaml \
+        --asr_model_file exp/prune/final_gated/model.pth --output_dir exp/prune/shrunk_$t; done
 """
 
 from __future__ import annotations
@@ -31,6 +40,9 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--asr_train_config", required=True, help="config.yaml of the gated model")
     p.add_argument("--asr_model_file", required=True, help="weights of the gated model (.pth)")
     p.add_argument("--output_dir", required=True, help="where config.yaml and model.pth go")
+    p.add_argument("--target", default=None, metavar="KIND:X",
+                   help="shrink to this target instead of the run's own (the nested rule: a "
+                        "prefix of the gates' ranking; e.g. params:0.3)")
     return p
 
 
@@ -39,7 +51,7 @@ def main(cmd: Optional[List[str]] = None) -> dict:
     from espnet_prune.cost import sparsity, structure_cost
     from espnet_prune.encoder import GatedConformerEncoder
     from espnet_prune.model import eval_target_from_args, plain_asr_args
-    from espnet_prune.targets import build_selector, model_params
+    from espnet_prune.targets import CostContext, build_selector, model_params, parse_target
     from espnet_prune.model_io import load_train_args
     from espnet_prune.shrink import shrink_asr_model
 
@@ -48,10 +60,19 @@ def main(cmd: Optional[List[str]] = None) -> dict:
     gated, _ = build_asr_model(train_args, args.asr_model_file, drop_prefixes=("pruning.",))
     gated.eval()
     target = eval_target_from_args(raw_args)
+    rule = "exact"
+    if args.target is not None:
+        kind, _, value = args.target.partition(":")
+        try:
+            kind, value = parse_target({kind: value})
+        except ValueError as e:
+            raise SystemExit(f"--target {args.target}: {e}") from None
+        ctx = target[2] if target is not None else CostContext()
+        target, rule = (kind, value, ctx), "nested"
     achieved = None
     if isinstance(gated.encoder, GatedConformerEncoder):
         if target is not None:  # the exact-target rule: the structure meets the budget
-            selector = build_selector(gated, *target).attach()
+            selector = build_selector(gated, *target, rule=rule).attach()
             achieved = selector.achieved_sparsity()
         shrunk, shrunk_args = shrink_asr_model(gated, train_args)
     else:
@@ -85,6 +106,8 @@ def main(cmd: Optional[List[str]] = None) -> dict:
     if target is not None:
         kind, value = target[0], target[1]
         summary["target"] = {"kind": kind, "sparsity": value, "achieved": achieved}
+        if rule != "exact":
+            summary["target"]["rule"] = rule
         print(f"{kind} sparsity: target {value:.4f}, achieved {achieved:.4f}", file=sys.stderr)
     text = json.dumps(summary, indent=1)
     atomic_write_text(out / "summary.json", text + "\n")

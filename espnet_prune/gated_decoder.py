@@ -320,8 +320,7 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
     Args:
         vocab_size: output tokens V.
         encoder_output_size: attention dimension d.
-        gate_granularities: which gates exist, a subset of :data:`DECODER_GRANULARITIES`
-            (default: all).
+        gate_granularities: a subset of :data:`DECODER_GRANULARITIES` (default: all).
         gate_conf: :class:`~espnet_prune.gates.GateConfig` fields.
         **transformer_kwargs: every ``TransformerDecoder`` option (dense sizes).
 

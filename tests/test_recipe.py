@@ -6,6 +6,7 @@ re-run does no work, and that bad audio stops the feature stage by name.
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -137,6 +138,37 @@ def test_rerun_does_no_work(recipe):
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert "training " not in proc.stderr
     assert snapshot(work / "exp") == before
+
+
+def test_family_shrinks_nested_members_from_one_pruning_run(recipe, tmp_path):
+    """--family true on a copy of the finished recipe: no new pruning run (0.5 is the middle
+    target of "0.5 0.7" and already trained), both members shrunk from its gated model with
+    the nested rule, fine-tuned, decoded as fine-tuned and as shrunk, and reported beside the
+    separately pruned 0.5."""
+    work, _ = recipe
+    fam = tmp_path / "asr1"
+    shutil.copytree(work, fam, symlinks=True)  # mtimes kept: what is complete stays complete
+    proc = _run(fam, "--stage", "5", "--prune_targets", "0.5 0.7", "--family", "true", "--baselines", "")
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    exp = fam / "exp/mini"
+    assert not (exp / "prune_params0.7").exists()  # one pruning run for the family
+    summaries = {t: json.loads((exp / f"family_params{t}/shrunk/summary.json").read_text()) for t in ("0.5", "0.7")}
+    for t, summary in summaries.items():
+        assert summary["target"]["rule"] == "nested" and summary["target"]["sparsity"] == float(t)
+        assert abs(summary["params_sparsity"] - float(t)) < 0.03
+        assert (exp / f"family_params{t}/final/model.pth").exists()
+        for name in (f"family_params{t}", f"family_params{t}_shrunk"):
+            assert f"| {name} " in (exp / "RESULTS.md").read_text(), name
+    # nested: no block, front-end conv or decoder layer keeps more at the higher sparsity
+    sizes = {}
+    for t, summary in summaries.items():
+        dec = _yaml(exp / f"family_params{t}/shrunk/config.yaml")["decoder_conf"]["layer_structures"]
+        sizes[t] = ([n for b in summary["block_structures"] for n in b.values()]
+                    + list(summary.get("subsampling_channels", [])) + [n for layer in dec for n in layer.values()])
+    assert all(a <= b for a, b in zip(sizes["0.7"], sizes["0.5"]))
+    assert summaries["0.7"]["params_shrunk_model"] < summaries["0.5"]["params_shrunk_model"]
+    assert (exp / "family_params0.5/decode_asr_test/text").exists()
+    assert "family_params0.5:prune_params0.5" in (exp / "report.args").read_text()
 
 
 def test_corrupt_audio_stops_feature_stage_by_name(recipe):

@@ -7,7 +7,8 @@
 
 It checks, in this order, and prints each problem as one line ``error: ...`` (exit status 1):
 
-* the options themselves: whole numbers (``--stage``, ``--stop_stage``, ``--nj``, ``--ngpu``,
+* the options themselves: a family (``--family true``) of at least two distinct targets of
+  one kind, without same-size baselines; whole numbers (``--stage``, ``--stop_stage``, ``--nj``, ``--ngpu``,
   ``--num_nodes``, ``--train_jobs``), ``--control`` true/false, the ``--baselines`` names,
   every ``--prune_targets`` entry (kind and value, as ``model_conf.target`` will), the
   ``cmd_backend`` of ``cmd.sh`` and multi-node training only through Slurm;
@@ -43,6 +44,16 @@ def option_problems(a: argparse.Namespace) -> List[str]:
             problems.append(f"--prune_targets {spec}: {e}")
     problems += [f"unknown --baselines entry '{b}' ({', '.join(BASELINES)})"
                  for b in a.baselines if b not in BASELINES]
+    if a.family not in ("true", "false"):
+        problems.append(f"--family must be true or false, got '{a.family}'")
+    elif a.family == "true":
+        kinds = {spec.partition(":")[0] for spec in a.prune_targets}
+        if len(set(a.prune_targets)) < 2 or len(set(a.prune_targets)) != len(a.prune_targets) or len(kinds) != 1:
+            problems.append(f"--family true needs two or more distinct --prune_targets of one kind, "
+                            f"got {' '.join(a.prune_targets) or 'none'}")
+        if a.baselines:
+            problems.append("--family true: the same-size baselines are built from separately pruned "
+                            "models; run them without --family")
     if not re.fullmatch(r"[1-9][0-9]*", a.train_jobs):
         problems.append(f"--train_jobs must be a positive integer, got '{a.train_jobs}'")
     if a.control not in ("true", "false"):
@@ -103,11 +114,14 @@ def input_problems(a: argparse.Namespace) -> List[str]:
         if first >= 5:
             need(f"{a.baseline}/final/model.pth", "the baseline, made by stage 4")
     tags = [spec.replace(":", "", 1) for spec in a.prune_targets]
-    for tag in tags:
+    trained = [family_source(a.prune_targets).replace(":", "", 1)] if a.family == "true" else tags
+    for tag in trained:
         if first == 6:
             need(f"{a.exp}/prune_{tag}/final_gated/model.pth", "made by stage 5")
+    for tag in tags:
         if first >= 7:
-            need(f"{a.exp}/prune_{tag}/final/model.pth", "made by stage 6")
+            member = "family" if a.family == "true" else "prune"
+            need(f"{a.exp}/{member}_{tag}/final/model.pth", "made by stage 6")
     if first >= 8 and control:
         need(f"{a.control_dir}/final/model.pth", "the control, made by stage 5")
     for tag in tags:
@@ -117,9 +131,16 @@ def input_problems(a: argparse.Namespace) -> List[str]:
     return problems
 
 
+def family_source(targets: Sequence[str]) -> str:
+    """The target a family trains (``KIND:VALUE``): the middle one by value (the lower middle
+    of an even count), as run.sh picks it."""
+    ordered = sorted(targets, key=lambda spec: float(spec.partition(":")[2]))
+    return ordered[(len(ordered) + 1) // 2 - 1]
+
+
 def get_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name in ("stage", "stop_stage", "nj", "ngpu", "num_nodes", "train_jobs", "control",
+    for name in ("stage", "stop_stage", "nj", "ngpu", "num_nodes", "train_jobs", "control", "family",
                  "finetune", "cmd_backend", "train_config", "prune_config", "finetune_config",
                  "inference_config", "data", "train_set", "valid_set", "train_dump", "bpemodel",
                  "baseline", "exp", "control_dir"):

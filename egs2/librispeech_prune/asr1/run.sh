@@ -33,6 +33,8 @@ prune_targets="0.5"       # space-separated: "0.5" (of --target_kind) or "KIND:0
                           # params macs (whole model) encoder_params encoder_macs block_params block_macs
 target_kind=params        # kind of a bare number in --prune_targets (params: the whole model)
 finetune=true             # fine-tune each shrunk model with distillation
+family=false              # one pruning run for all --prune_targets: the middle target is trained,
+                          # every target is shrunk from it (nested sizes), each fine-tuned
 control=true              # train the equal-budget dense control (baseline_control)
 baselines=""              # same-size baselines, any of: scratch magnitude layerdrop
 train_jobs=2              # training runs at once in stages 5-7 (cores are split between them)
@@ -177,10 +179,16 @@ control_dir=${exp}/baseline_control
 # every problem of the options, the configs and earlier stages' outputs, named, before any work
 targets_checked=(); for t in $prune_targets; do targets_checked+=("$(parse_target "$t")"); done
 fbank=true; [ "$teacher_mode" = true ] && fbank=false
+# the pruning runs of stage 5: one per target, or the family's middle target alone
+train_targets=$prune_targets; family_source=""
+if [ "$family" = true ] && [ ${#targets_checked[@]} -gt 0 ]; then
+    family_source=$(printf '%s\n' "${targets_checked[@]}" | sort -t: -k2 -g | sed -n "$(( (${#targets_checked[@]} + 1) / 2 ))p")
+    train_targets=$family_source
+fi
 # shellcheck disable=SC2086
 python -m espnet_prune.recipe.preflight --stage "$stage" --stop_stage "$stop_stage" --nj "$nj" \
     --ngpu "$ngpu" --num_nodes "$num_nodes" --train_jobs "$train_jobs" --control "$control" \
-    --finetune "$finetune" --cmd_backend "$cmd_backend" --fbank "$fbank" \
+    --finetune "$finetune" --cmd_backend "$cmd_backend" --fbank "$fbank" --family "$family" \
     --prune_targets "${targets_checked[@]}" --baselines $baselines \
     --train_config "$train_config" --prune_config "$prune_config" --finetune_config "$finetune_config" \
     --inference_config "$inference_config" --data "$data" --train_set "$train_set" \
@@ -207,9 +215,9 @@ fi
 omp_threads_given=${OMP_NUM_THREADS-}
 if runs 5; then
     banner 5 "pruning: targets ${prune_targets} (teacher ${baseline}/final)$( [ "$control" = true ] && echo '; equal-budget control')"
-    n_jobs=$(wc -w <<< "$prune_targets"); [ "$control" = true ] && n_jobs=$((n_jobs + 1))
+    n_jobs=$(wc -w <<< "$train_targets"); [ "$control" = true ] && n_jobs=$((n_jobs + 1))
     export OMP_NUM_THREADS=${OMP_NUM_THREADS_TRAIN:-$(threads_for "$n_jobs")}
-    for t in $prune_targets; do start_job "prune $t" prune_job "$t"; done
+    for t in $train_targets; do start_job "prune $t" prune_job "$t"; done
     [ "$control" = true ] && start_job "control" control_job
     wait_jobs
 fi
@@ -217,7 +225,11 @@ fi
 if runs 6; then
     banner 6 "shrink pruned models$( [ "$finetune" = true ] && echo ' and fine-tune them with distillation')"
     export OMP_NUM_THREADS=${OMP_NUM_THREADS_TRAIN:-$(threads_for "$(wc -w <<< "$prune_targets")")}
-    for t in $prune_targets; do start_job "shrink $t" shrink_job "$t"; done
+    if [ "$family" = true ]; then  # every member from the middle target's gated model
+        for t in $prune_targets; do start_job "family $t" family_job "$t"; done
+    else
+        for t in $prune_targets; do start_job "shrink $t" shrink_job "$t"; done
+    fi
     wait_jobs
 fi
 
@@ -237,6 +249,12 @@ models=("baseline=${baseline}/final")
 [ "$control" = true ] && models+=("baseline_control=${control_dir}/final")
 for t in $prune_targets; do
     tag=$(target_tag "$t")
+    if [ "$family" = true ]; then  # each member fine-tuned and as shrunk, and a separate run's twin if any
+        models+=("family_${tag}=${exp}/family_${tag}/final")
+        [ "$finetune" = true ] && models+=("family_${tag}_shrunk=${exp}/family_${tag}/shrunk")
+        [ -f "${exp}/prune_${tag}/final/model.pth" ] && models+=("prune_${tag}=${exp}/prune_${tag}/final")
+        continue
+    fi
     models+=("prune_${tag}=${exp}/prune_${tag}/final")
     for b in $baselines; do models+=("${b}_${tag}=${exp}/${b}_${tag}/final"); done
 done

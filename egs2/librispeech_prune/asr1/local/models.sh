@@ -66,12 +66,32 @@ shrink_job() {  # shrink_job TARGET: final_gated -> shrunk (-> fine-tuned final)
             --asr_model_file "${out}/final_gated/model.pth" --output_dir "${out}/shrunk" > /dev/null
         log "${out}/shrunk: $(grep -E '"(params_shrunk_model|params_sparsity)"' "${out}/shrunk/summary.json" | tr -d '\n ')"
     fi
+    finish_job "$out"
+}
+
+finish_job() {  # finish_job DIR: DIR/shrunk -> DIR/final, fine-tuned unless --finetune false
+    local out=$1
     if [ "$finetune" != true ]; then
         python -m espnet_prune.recipe.steps export --config "${out}/shrunk/config.yaml" \
             --model "${out}/shrunk/model.pth" --output_dir "${out}/final"
         return 0
     fi
     finetune_job "$out" "$(epochs "$finetune_config")"
+}
+
+family_job() {  # family_job TARGET: one member, shrunk from the middle target's gated model
+    local tag out src
+    tag=$(target_tag "$1"); out=${exp}/family_${tag}; src=${exp}/prune_$(target_tag "$family_source")
+    if up_to_date "${out}/shrunk/model.pth" "${src}/final_gated/model.pth"; then
+        log "${out}/shrunk: complete, skipped"
+    else
+        # the nested rule: a prefix of the gates' ranking, so the members nest
+        python -m espnet_prune.bin.shrink --target "$(parse_target "$1")" \
+            --asr_train_config "${src}/final_gated/config.yaml" \
+            --asr_model_file "${src}/final_gated/model.pth" --output_dir "${out}/shrunk" > /dev/null
+        log "${out}/shrunk: $(grep -E '"(params_shrunk_model|params_sparsity)"' "${out}/shrunk/summary.json" | tr -d '\n ')"
+    fi
+    finish_job "$out"
 }
 
 same_size_job() {  # same_size_job METHOD TARGET: a baseline of the pruned model's whole-model size

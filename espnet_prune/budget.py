@@ -252,17 +252,8 @@ def _select_coupled(groups: Sequence[UnitGroup], budget: float) -> Dict[Hashable
     paid exactly once: when its second unit is kept. The exchange of step 3 drops
     only units of uncoupled groups.
     """
-    units = sorted(
-        ((-float(s), gi, j) for gi, g in enumerate(groups) for j, s in enumerate(g.scores.detach().cpu().tolist())),
-    )
-    ranked = [(gi, j) for _, gi, j in units]
-    index = {g.key: gi for gi, g in enumerate(groups)}
-    pairs = [[(index[k], c) for k, c in g.pair_costs.items()] for g in groups]
-
-    def marginal(counts: List[int], gi: int) -> float:
-        g = groups[gi]
-        cost = g.unit_cost + (g.fixed_cost if counts[gi] == 0 else 0.0)
-        return cost + sum(c * counts[h] for h, c in pairs[gi])
+    ranked = _ranked_units(groups)
+    marginal = _MarginalCost(groups)
 
     counts = [0] * len(groups)
     kept = [False] * len(ranked)
@@ -288,7 +279,7 @@ def _select_coupled(groups: Sequence[UnitGroup], budget: float) -> Dict[Hashable
             if ex_left >= 0:
                 break
             gi = ranked[p][0]
-            if not ex_kept[p] or pairs[gi] or groups[gi].unit_cost >= groups[g_u].unit_cost:
+            if not ex_kept[p] or marginal.pairs[gi] or groups[gi].unit_cost >= groups[g_u].unit_cost:
                 continue
             ex_kept[p] = False
             ex_counts[gi] -= 1
@@ -322,29 +313,48 @@ def select_nested(groups: Sequence[UnitGroup], budgets: Sequence[float]) -> List
     if not groups:
         return [{} for _ in budgets]
     _check_groups(groups)
-    ranked = sorted(
-        (-float(s), gi, j) for gi, g in enumerate(groups) for j, s in enumerate(g.scores.detach().cpu().tolist())
-    )
-    index = {g.key: gi for gi, g in enumerate(groups)}
-    pairs = [[(index[k], c) for k, c in g.pair_costs.items()] for g in groups]
+    ranked = _ranked_units(groups)
+    marginal = _MarginalCost(groups)
     counts = [0] * len(groups)
     prefix_cost = [0.0]  # cost of the first p ranked units
-    for _, gi, _ in ranked:
-        g = groups[gi]
-        cost = g.unit_cost + (g.fixed_cost if counts[gi] == 0 else 0.0)
-        cost += sum(c * counts[h] for h, c in pairs[gi])
+    for gi, _ in ranked:
+        prefix_cost.append(prefix_cost[-1] + marginal(counts, gi))
         counts[gi] += 1
-        prefix_cost.append(prefix_cost[-1] + cost)
     out = []
     for budget in budgets:
         p = max(bisect.bisect_right(prefix_cost, float(budget)) - 1, 0)  # longest prefix that fits
         if p < len(ranked) and prefix_cost[p + 1] - budget < budget - prefix_cost[p]:
             p += 1  # the next unit lands closer
         kept: Dict[Hashable, List[int]] = {g.key: [] for g in groups}
-        for _, gi, j in ranked[:p]:
+        for gi, j in ranked[:p]:
             kept[groups[gi].key].append(j)
         out.append({k: torch.tensor(sorted(v), dtype=torch.long) for k, v in kept.items()})
     return out
+
+
+def _ranked_units(groups: Sequence[UnitGroup]) -> List[Tuple[int, int]]:
+    """(group index, unit index) of every unit, by score (highest first; ties keep the
+    groups' order, then the unit index)."""
+    units = sorted(
+        (-float(s), gi, j) for gi, g in enumerate(groups) for j, s in enumerate(g.scores.detach().cpu().tolist())
+    )
+    return [(gi, j) for _, gi, j in units]
+
+
+class _MarginalCost:
+    """Cost of adding one unit of group ``gi`` to a selection with ``counts`` kept units per
+    group: its own cost, its group's fixed cost when it is the group's first unit, and its
+    pairs with the kept units of coupled groups."""
+
+    def __init__(self, groups: Sequence[UnitGroup]) -> None:
+        index = {g.key: gi for gi, g in enumerate(groups)}
+        self.groups = groups
+        self.pairs = [[(index[k], c) for k, c in g.pair_costs.items()] for g in groups]
+
+    def __call__(self, counts: List[int], gi: int) -> float:
+        g = self.groups[gi]
+        cost = g.unit_cost + (g.fixed_cost if counts[gi] == 0 else 0.0)
+        return cost + sum(c * counts[h] for h, c in self.pairs[gi])
 
 
 def _check_groups(groups: Sequence[UnitGroup]) -> None:

@@ -5,7 +5,9 @@
     python -m espnet_prune.recipe.preflight --stage 5 --stop_stage 9 --prune_targets params:0.5 \\
         --exp exp/mini --baseline exp/mini/asr_baseline ...   (every option below)
 
-It checks, in this order, and prints each problem as one line ``error: ...`` (exit status 1):
+It checks, in this order, and prints each problem as one line ``error: ...`` (exit status 1);
+without a problem it prints the targets stage 5 trains (``KIND:VALUE`` each: every target, or
+a family's middle one, :func:`family_source`):
 
 * the options themselves: a family (``--family true``) of at least two distinct targets of
   one kind, without same-size baselines; whole numbers (``--stage``, ``--stop_stage``, ``--nj``, ``--ngpu``,
@@ -133,7 +135,7 @@ def input_problems(a: argparse.Namespace) -> List[str]:
 
 def family_source(targets: Sequence[str]) -> str:
     """The target a family trains (``KIND:VALUE``): the middle one by value (the lower middle
-    of an even count), as run.sh picks it."""
+    of an even count)."""
     ordered = sorted(targets, key=lambda spec: float(spec.partition(":")[2]))
     return ordered[(len(ordered) + 1) // 2 - 1]
 
@@ -161,7 +163,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         problems = input_problems(a)
     for problem in problems:
         print(f"error: {problem}", file=sys.stderr)
-    return 1 if problems else 0
+    if problems:
+        return 1
+    # the targets stage 5 trains: every target, or the family's middle one
+    print(family_source(a.prune_targets) if a.family == "true" else " ".join(a.prune_targets))
+    return 0
 
 
 if __name__ == "__main__":

@@ -179,21 +179,17 @@ control_dir=${exp}/baseline_control
 # every problem of the options, the configs and earlier stages' outputs, named, before any work
 targets_checked=(); for t in $prune_targets; do targets_checked+=("$(parse_target "$t")"); done
 fbank=true; [ "$teacher_mode" = true ] && fbank=false
-# the pruning runs of stage 5: one per target, or the family's middle target alone
-train_targets=$prune_targets; family_source=""
-if [ "$family" = true ] && [ ${#targets_checked[@]} -gt 0 ]; then
-    family_source=$(printf '%s\n' "${targets_checked[@]}" | sort -t: -k2 -g | sed -n "$(( (${#targets_checked[@]} + 1) / 2 ))p")
-    train_targets=$family_source
-fi
+# it prints the pruning runs of stage 5: one per target, or a family's middle target alone
 # shellcheck disable=SC2086
-python -m espnet_prune.recipe.preflight --stage "$stage" --stop_stage "$stop_stage" --nj "$nj" \
+train_targets=$(python -m espnet_prune.recipe.preflight --stage "$stage" --stop_stage "$stop_stage" --nj "$nj" \
     --ngpu "$ngpu" --num_nodes "$num_nodes" --train_jobs "$train_jobs" --control "$control" \
     --finetune "$finetune" --cmd_backend "$cmd_backend" --fbank "$fbank" --family "$family" \
     --prune_targets "${targets_checked[@]}" --baselines $baselines \
     --train_config "$train_config" --prune_config "$prune_config" --finetune_config "$finetune_config" \
     --inference_config "$inference_config" --data "$data" --train_set "$train_set" \
     --valid_set "$valid_set" --test_sets $test_sets --train_dump "$train_dump" --bpemodel "$bpemodel" \
-    --baseline "$baseline" --exp "$exp" --control_dir "$control_dir" || exit 1
+    --baseline "$baseline" --exp "$exp" --control_dir "$control_dir") || exit 1
+family_source=""; [ "$family" = true ] && family_source=$train_targets
 
 # ---------------------------------------------------------------- stages
 if runs 1 && { [ "$teacher_mode" = false ] || [ -z "$dump_dir" ]; }; then

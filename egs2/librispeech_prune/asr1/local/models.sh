@@ -57,16 +57,28 @@ finetune_job() {  # finetune_job DIR EPOCHS [train args]: DIR/shrunk -> distille
 }
 
 shrink_job() {  # shrink_job TARGET: final_gated -> shrunk (-> fine-tuned final)
-    local tag out
-    tag=$(target_tag "$1"); out=${exp}/prune_${tag}
-    if up_to_date "${out}/shrunk/model.pth" "${out}/final_gated/model.pth"; then
-        log "${out}/shrunk: complete, skipped"
-    else
-        python -m espnet_prune.bin.shrink --asr_train_config "${out}/final_gated/config.yaml" \
-            --asr_model_file "${out}/final_gated/model.pth" --output_dir "${out}/shrunk" > /dev/null
-        log "${out}/shrunk: $(grep -E '"(params_shrunk_model|params_sparsity)"' "${out}/shrunk/summary.json" | tr -d '\n ')"
-    fi
+    local out
+    out=${exp}/prune_$(target_tag "$1")
+    shrink_into "$out" "${out}/final_gated"
     finish_job "$out"
+}
+
+family_job() {  # family_job TARGET: one member, shrunk from the middle target's gated model
+    local out
+    out=${exp}/family_$(target_tag "$1")
+    # the nested rule: a prefix of the gates' ranking, so the members nest
+    shrink_into "$out" "${exp}/prune_$(target_tag "$family_source")/final_gated" --target "$(parse_target "$1")"
+    finish_job "$out"
+}
+
+shrink_into() {  # shrink_into DIR GATED [shrink args]: the gated model GATED -> DIR/shrunk
+    local out=$1 gated=$2; shift 2
+    if up_to_date "${out}/shrunk/model.pth" "${gated}/model.pth"; then
+        log "${out}/shrunk: complete, skipped"; return 0
+    fi
+    python -m espnet_prune.bin.shrink --asr_train_config "${gated}/config.yaml" \
+        --asr_model_file "${gated}/model.pth" --output_dir "${out}/shrunk" "$@" > /dev/null
+    log "${out}/shrunk: $(grep -E '"(params_shrunk_model|params_sparsity)"' "${out}/shrunk/summary.json" | tr -d '\n ')"
 }
 
 finish_job() {  # finish_job DIR: DIR/shrunk -> DIR/final, fine-tuned unless --finetune false
@@ -77,21 +89,6 @@ finish_job() {  # finish_job DIR: DIR/shrunk -> DIR/final, fine-tuned unless --f
         return 0
     fi
     finetune_job "$out" "$(epochs "$finetune_config")"
-}
-
-family_job() {  # family_job TARGET: one member, shrunk from the middle target's gated model
-    local tag out src
-    tag=$(target_tag "$1"); out=${exp}/family_${tag}; src=${exp}/prune_$(target_tag "$family_source")
-    if up_to_date "${out}/shrunk/model.pth" "${src}/final_gated/model.pth"; then
-        log "${out}/shrunk: complete, skipped"
-    else
-        # the nested rule: a prefix of the gates' ranking, so the members nest
-        python -m espnet_prune.bin.shrink --target "$(parse_target "$1")" \
-            --asr_train_config "${src}/final_gated/config.yaml" \
-            --asr_model_file "${src}/final_gated/model.pth" --output_dir "${out}/shrunk" > /dev/null
-        log "${out}/shrunk: $(grep -E '"(params_shrunk_model|params_sparsity)"' "${out}/shrunk/summary.json" | tr -d '\n ')"
-    fi
-    finish_job "$out"
 }
 
 same_size_job() {  # same_size_job METHOD TARGET: a baseline of the pruned model's whole-model size

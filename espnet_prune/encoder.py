@@ -83,8 +83,8 @@ class GatedConformerBlock(ConformerBlock):
         if has_units:
             unit = self.gates[unit_gate](keep)
         whole = None
-        if has_whole:  # a one-unit gate: open when the module keeps any unit
-            whole = self.gates[name](torch.arange(int(keep.numel() > 0)))[0]
+        if has_whole:
+            whole = self.gates[name].module_value(keep.numel() > 0)
         return unit, whole
 
     def branch_scales(self) -> Dict[str, Optional[Tensor]]:

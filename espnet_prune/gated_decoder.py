@@ -241,8 +241,8 @@ class GatedDecoderLayer(DecoderLayer):
             unit_gate = SUBLAYERS[name][0]
             unit = self.gates[unit_gate](d.keep) if unit_gate in self.gates else None
             scale = None
-            if name in self.gates:  # a one-unit gate: open when the sublayer keeps any unit
-                scale = self.gates[name](torch.arange(int(d.keep.numel() > 0)))[0]
+            if name in self.gates:
+                scale = self.gates[name].module_value(d.keep.numel() > 0)
             elif d.keep.numel() == 0 and unit is not None:
                 scale = unit.new_zeros(())
             masks[name] = (unit, scale)

@@ -130,6 +130,11 @@ class HardConcreteGate(torch.nn.Module):
         keep = keep.to(device=self.log_alpha.device, dtype=torch.long)
         return self.log_alpha.new_zeros(self.n).index_copy(0, keep, self.kept_values(keep))
 
+    def module_value(self, kept: bool) -> torch.Tensor:
+        """Eval-mode value of a one-unit gate over a whole module: its open median when the
+        module keeps any unit, else 0 (:meth:`eval_mask` of ``[0]`` or of nothing), scalar."""
+        return self.eval_mask(torch.arange(int(kept)))[0]
+
     def kept_values(self, keep: torch.Tensor) -> torch.Tensor:
         """Values of the kept gates ``keep`` (indices, shape ``(k,)``) in eval mode: their
         open medians, shape ``(k,)`` (what the shrinker folds into the kept weights)."""

@@ -49,6 +49,8 @@ def test_confident_gates_are_exactly_one_in_eval():
     assert torch.equal(gate(torch.arange(3)), torch.ones(3))
     assert torch.equal(gate(torch.tensor([1])), torch.tensor([0.0, 1.0, 0.0]))
     assert torch.equal(gate(torch.arange(0)), torch.zeros(3))
+    module = HardConcreteGate(1, GateConfig(init_keep_prob=0.99, init_std=0.0)).eval()
+    assert module.module_value(True).item() == 1.0 and module.module_value(False).item() == 0.0
 
 
 def test_eval_mode_is_deterministic_and_train_mode_samples():

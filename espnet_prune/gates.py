@@ -16,13 +16,17 @@ A :class:`HardConcreteGate` holds ``n`` independent stochastic gates ``z`` in
 
 ``P(z > 0) = sigmoid(log_alpha - beta * log(-l / r))`` is the differentiable
 keep probability used by the expected-cost model (:mod:`espnet_prune.cost`).
+
+Every formula reads ``log_alpha + shift``, where ``shift`` is a :class:`GateShift` that
+all gates of a model share (0 unless a family of sizes trains, :mod:`espnet_prune.family`:
+one shift per size moves every gate of the model at once).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Union
 
 import torch
 
@@ -84,6 +88,20 @@ class GateConfig:
         return math.log(p / (1.0 - p)) + self.log_ratio
 
 
+class GateShift:
+    """A scalar added to the ``log_alpha`` of every gate that holds this object.
+
+    Attributes:
+        value: the shift (a float, or a 0-dim tensor that carries a gradient).
+    """
+
+    def __init__(self, value: Union[float, torch.Tensor] = 0.0) -> None:
+        self.value = value
+
+    def __float__(self) -> float:
+        return float(self.value.detach()) if isinstance(self.value, torch.Tensor) else float(self.value)
+
+
 class HardConcreteGate(torch.nn.Module):
     """``n`` hard-concrete gates with learnable ``log_alpha`` of shape ``(n,)``.
 
@@ -98,6 +116,7 @@ class HardConcreteGate(torch.nn.Module):
         self.n = n
         self.config = config
         self.log_alpha = torch.nn.Parameter(torch.empty(n))
+        self.shift: Optional[GateShift] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -112,16 +131,20 @@ class HardConcreteGate(torch.nn.Module):
     def extra_repr(self) -> str:
         return f"n={self.n}"
 
+    def logits(self) -> torch.Tensor:
+        """``log_alpha`` plus the shared shift (if any), shape ``(n,)``."""
+        return self.log_alpha if self.shift is None else self.log_alpha + self.shift.value
+
     def keep_prob(self) -> torch.Tensor:
         """Differentiable ``P(z > 0)``, shape ``(n,)``."""
-        return torch.sigmoid(self.log_alpha - self.config.log_ratio)
+        return torch.sigmoid(self.logits() - self.config.log_ratio)
 
     def sample(self) -> torch.Tensor:
         """Reparameterised sample of ``z``, shape ``(n,)``."""
         c = self.config
         eps = 1e-6
         u = torch.rand_like(self.log_alpha).clamp(eps, 1.0 - eps)
-        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.log_alpha) / c.temperature)
+        s = torch.sigmoid((torch.log(u) - torch.log1p(-u) + self.logits()) / c.temperature)
         return (s * (c.limit_r - c.limit_l) + c.limit_l).clamp(0.0, 1.0)
 
     def eval_mask(self, keep: torch.Tensor) -> torch.Tensor:
@@ -145,7 +168,7 @@ class HardConcreteGate(torch.nn.Module):
         c = self.config
         s_open = -c.limit_l / (c.limit_r - c.limit_l)  # s above this gives z > 0
         logit_s_open = math.log(s_open / (1.0 - s_open))
-        la = self.log_alpha.double()  # u_open is within 1e-13 of 1 for very closed gates
+        la = self.logits().double()  # u_open is within 1e-13 of 1 for very closed gates
         u_open = torch.sigmoid(c.temperature * logit_s_open - la)
         u_mid = (1.0 + u_open) / 2.0
         s = torch.sigmoid((torch.logit(u_mid) + la) / c.temperature)

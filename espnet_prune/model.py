@@ -1,23 +1,14 @@
-"""Pruning model (ESPnet ``model: prune_espnet``): gated student + frozen teacher + Lagrangian.
+"""Pruning model (ESPnet ``model: prune_espnet``): gated student + frozen teacher + sparsity control.
 
 Loss (DESIGN 2.3)::
 
-    L = asr_weight * L_asr + pred_weight * L_pred + layer_weight * L_layer
-        + lambda1 * (s - t) + (lambda2 + k_p / 2) * (s - t)^2
+    L = asr_weight * L_asr + pred_weight * L_pred + layer_weight * L_layer + L_sparsity
 
-``s`` is the expected sparsity of the chosen cost (``target: {params: x}`` for the
-parameters of the whole model, ``{macs: x}`` for the MACs of one inference at
-``cost_seconds`` of audio; the scoped kinds are listed in :mod:`espnet_prune.targets`),
-``t`` the target ramped linearly over
-``target_warmup_steps`` training forwards from the expected sparsity of the
-first update. ``lambda1/2`` are maximised: their gradient is reversed, so the
-optimizer that holds them does gradient ascent. ``k_p`` (``sparsity_p_gain``)
-is a fixed proportional gain: without it the multipliers integrate the error
-at Adam's constant rate and wind up (overshoot 0.24-0.31 at a 0.5 target on the
-test fixture). With a whole-model target the gates' momentum still carries them
-0.014 past the target after the ramp at ``k_p = 200``; the default 1000 keeps the
-sparsity within 0.007 of the target from the end of the ramp
-(tests/test_prune_training.py).
+``L_sparsity`` holds the expected sparsity ``s`` of the chosen cost (``target: {params: x}``
+for the parameters of the whole model, ``{macs: x}`` for the MACs of one inference at
+``cost_seconds`` of audio; the scoped kinds are listed in :mod:`espnet_prune.targets`) at
+the ramped target: the Lagrangian of one target, or nothing for a family of sizes, whose
+gates are shifted to meet each member's target (:mod:`espnet_prune.control`).
 
 In eval mode (validation, ``eval_sparsity``, shrinking) every gated part keeps the
 structure that the exact-target rule (:mod:`espnet_prune.budget`) picks for the
@@ -45,19 +36,10 @@ from espnet2.torch_utils.device_funcs import force_gatherable
 
 from espnet_prune.distill import LayerDistiller, kl_divergence
 from espnet_prune.encoder import GatedConformerEncoder
-from espnet_prune.targets import CostContext, build_selector, parse_target
+from espnet_prune.control import SparsityControl
+from espnet_prune.targets import CostContext, middle_target, parse_targets
 
 Tensor = torch.Tensor
-
-class _GradReverse(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor) -> Tensor:
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> Tensor:
-        return -grad
-
 
 @contextlib.contextmanager
 def block_outputs(encoder: torch.nn.Module) -> Iterator[List[Tensor]]:
@@ -78,18 +60,19 @@ def block_outputs(encoder: torch.nn.Module) -> Iterator[List[Tensor]]:
 
 class PruningState(torch.nn.Module):
     """Training-only state saved with the student: layer map, step counter and,
-    when pruning, the Lagrange multipliers."""
+    when pruning, the start of the target ramp and (one target) the Lagrange multipliers."""
 
-    def __init__(self, distiller: LayerDistiller, lagrangian: bool) -> None:
+    def __init__(self, distiller: LayerDistiller, pruning: bool, lagrangian: bool) -> None:
         super().__init__()
         self.distiller = distiller
         if lagrangian:
             self.lambda1 = torch.nn.Parameter(torch.zeros(()))
             self.lambda2 = torch.nn.Parameter(torch.zeros(()))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
-        if lagrangian:
+        if pruning:
             # expected sparsity at the first update, where the target ramp starts (-1: not yet)
             self.register_buffer("ramp_start", torch.full((), -1.0))
+        if lagrangian:
             # largest (expected - ramped target) seen in training
             self.register_buffer("max_overshoot", torch.zeros(()))
 
@@ -99,6 +82,7 @@ class PruningState(torch.nn.Module):
                 p.zero_()
             if hasattr(self, "ramp_start"):
                 self.ramp_start.fill_(-1.0)
+            if hasattr(self, "max_overshoot"):
                 self.max_overshoot.zero_()
 
 
@@ -108,7 +92,10 @@ class ESPnetPruneASRModel(ESPnetASRModel):
     Two modes, chosen by the encoder:
 
     * ``gated_conformer``: pruning. The student starts as a copy of the teacher
-      and the Lagrangian drives the gates to ``target``.
+      and the Lagrangian drives the gates to ``target``; with a list of sparsities
+      (``{params: [0.3, 0.5, 0.7]}``) a family of nested sizes trains at once, each
+      forward one member at its shift of the gates (:mod:`espnet_prune.family`, no
+      Lagrangian).
     * ``pruned_conformer`` (or any Conformer): distillation only, e.g. to
       fine-tune a shrunk model (``target`` must be unset; initialise the student
       with ``--init_param``).
@@ -116,7 +103,8 @@ class ESPnetPruneASRModel(ESPnetASRModel):
     Args (``model_conf`` keys on top of ``ESPnetASRModel``'s):
         teacher_config / teacher_model_file: the dense teacher (ESPnet config.yaml + .pth).
         target: ``{kind: x}``, sparsity in [0, 1) of the cost ``kind`` names
-            (:mod:`espnet_prune.targets`: ``params`` is the whole model); required when pruning.
+            (:mod:`espnet_prune.targets`: ``params`` is the whole model), or ``{kind: [x, ...]}``
+            for a family; required when pruning. Eval mode (validation) uses the middle target.
         target_warmup_steps: training forwards over which the target ramps up from 0.
         asr_weight / pred_weight / layer_weight: loss weights.
         temperature: softmax temperature of the prediction-layer KL.
@@ -159,10 +147,12 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         if self.preencoder is not None or self.postencoder is not None:
             raise ValueError("model: prune_espnet does not support a preencoder/postencoder")
         self.pruning_mode = isinstance(self.encoder, GatedConformerEncoder)
+        self.family_targets: List[float] = []
         if self.pruning_mode:
             if target is None:
                 raise ValueError("model_conf.target is required with encoder: gated_conformer")
-            self.target_kind, self.target = parse_target(target)
+            self.target_kind, self.family_targets = parse_targets(target)
+            self.target = middle_target(self.family_targets)
         elif target is not None:
             raise ValueError(
                 "model_conf.target is only for pruning (encoder: gated_conformer); "
@@ -185,17 +175,22 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         if distill_layers is None:
             n = dims.num_blocks
             distill_layers = sorted(set(list(range(3, n + 1, 3)) + [n]))
+        is_family = len(self.family_targets) > 1
         self.pruning = PruningState(
             LayerDistiller(dims.output_size, distill_layers, dims.num_blocks, layer_mapping),
-            lagrangian=self.pruning_mode,
+            pruning=self.pruning_mode, lagrangian=self.pruning_mode and not is_family,
         )
         object.__setattr__(self, "teacher", load_teacher(teacher_config, teacher_model_file))
+        object.__setattr__(self, "control", None)
+        object.__setattr__(self, "family", None)
         if self.pruning_mode:
             check_teacher_matches(self.teacher, self)
             self.init_from_teacher()
-            # expected cost for the Lagrangian; the exact-target structure for eval mode
-            selector = build_selector(self, self.target_kind, self.target, self.cost_ctx).attach()
-            object.__setattr__(self, "selector", selector)
+            control = SparsityControl(self, self.target_kind, self.family_targets, self.cost_ctx,
+                                      self.target_warmup_steps, self.sparsity_p_gain)
+            object.__setattr__(self, "control", control)
+            object.__setattr__(self, "selector", control.selector)
+            object.__setattr__(self, "family", control.family)
         else:
             check_teacher_compatible(self.teacher, self, layerwise=bool(self.pruning.distiller.teacher_layers))
 
@@ -222,35 +217,10 @@ class ESPnetPruneASRModel(ESPnetASRModel):
 
     # -- sparsity ----------------------------------------------------------
 
-    def current_target(self) -> float:
-        """Target sparsity at the current step: a linear ramp over ``target_warmup_steps``
-        from the expected sparsity of the first update (the gates' initial state) to
-        ``target``, so the ramp never asks for less than the gates already give."""
-        if self.target_warmup_steps == 0:
-            return self.target
-        start = max(0.0, min(float(self.pruning.ramp_start), self.target))
-        frac = min(1.0, float(self.pruning.num_updates) / self.target_warmup_steps)
-        return start + (self.target - start) * frac
-
-    def expected_sparsity(self) -> Tensor:
-        """Differentiable expected sparsity of the target's cost."""
-        return self.selector.expected_sparsity().to(torch.float32)
-
-    @torch.no_grad()
     def eval_sparsity(self) -> float:
-        """Sparsity of the deterministic (eval-mode) structure: what shrinking would give."""
-        return self.selector.achieved_sparsity()
-
-    #: training forwards between two evaluations of the exact-target structure for
-    #: the ``eval_sparsity`` log (it costs a global ranking of every unit)
-    EVAL_SPARSITY_EVERY = 10
-    _last_eval_sparsity: Optional[float] = None
-
-    def _logged_eval_sparsity(self) -> float:
-        step = int(self.pruning.num_updates)
-        if not self.training or self._last_eval_sparsity is None or step % self.EVAL_SPARSITY_EVERY == 0:
-            self._last_eval_sparsity = self.eval_sparsity()
-        return self._last_eval_sparsity
+        """Sparsity of the deterministic (eval-mode) structure: what shrinking would give
+        (a family: its middle member)."""
+        return self.control.eval_sparsity()
 
     # -- forward -------------------------------------------------------------
 
@@ -263,6 +233,7 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         **kwargs: Any,
     ) -> Tuple[Tensor, Dict[str, Tensor], Tensor]:
         batch_size = speech.shape[0]
+        member = self.control.before(self.training) if self.pruning_mode else None
         text[text == -1] = self.ignore_id
         text = text[:, : text_lengths.max()]
 
@@ -313,7 +284,7 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         # 2. Layerwise distillation
         loss_layer, matched = self.pruning.distiller(s_hidden, t_hidden, frame_mask)
 
-        # 3. Lagrangian sparsity control
+        # 3. Sparsity: the Lagrangian of one target, or a family's shift (no penalty)
         loss = (
             self.asr_weight * loss_asr
             + self.pred_weight * loss_pred
@@ -322,26 +293,9 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         if self.training:
             self.pruning.num_updates += 1
         if self.pruning_mode:
-            expected = self.expected_sparsity()
-            if self.training and float(self.pruning.ramp_start) < 0:
-                self.pruning.ramp_start.fill_(float(expected.detach()))
-            target = self.current_target()
-            gap = expected - target
-            if self.training:
-                self.pruning.max_overshoot.clamp_(min=float(gap.detach()))
-            lam1 = _GradReverse.apply(self.pruning.lambda1)
-            lam2 = _GradReverse.apply(self.pruning.lambda2)
-            loss_lagrangian = lam1 * gap + (lam2 + 0.5 * self.sparsity_p_gain) * gap * gap
-            loss = loss + loss_lagrangian
-            stats.update(
-                loss_lagrangian=loss_lagrangian.detach(),
-                expected_sparsity=expected.detach(),
-                target_sparsity=torch.tensor(target),
-                eval_sparsity=torch.tensor(self._logged_eval_sparsity()),
-                max_overshoot=self.pruning.max_overshoot.detach().clone(),
-                lambda1=self.pruning.lambda1.detach().clone(),
-                lambda2=self.pruning.lambda2.detach().clone(),
-            )
+            loss_sparsity, sparsity_stats = self.control.after(member, self.training)
+            loss = loss + loss_sparsity
+            stats.update(sparsity_stats)
         stats.update(
             loss=loss.detach(),
             loss_asr=loss_asr.detach(),
@@ -426,18 +380,27 @@ _ESPNET_MODEL_KEYS = set(inspect.signature(ESPnetASRModel.__init__).parameters)
 
 def eval_target_from_args(args: argparse.Namespace) -> Optional[Tuple[str, float, CostContext]]:
     """(target kind, target sparsity, cost context) of a pruning run's training args,
-    for :func:`espnet_prune.targets.build_selector`; None when the args are not a
-    pruning run's."""
+    for :func:`espnet_prune.targets.build_selector` (a family: its middle target, see
+    :func:`family_targets_from_args`); None when the args are not a pruning run's."""
     conf = getattr(args, "model_conf", None) or {}
     if getattr(args, "model", None) != "prune_espnet" or conf.get("target") is None:
         return None
-    kind, value = parse_target(conf["target"])
+    kind, values = parse_targets(conf["target"])
     ctx = CostContext(
         float(conf.get("cost_seconds", 10.0)),
         float(conf.get("cost_frames_per_second", 100.0)),
         int(conf.get("cost_tokens", 40)),
     )
-    return kind, value, ctx
+    return kind, middle_target(values), ctx
+
+
+def family_targets_from_args(args: argparse.Namespace) -> List[float]:
+    """The sparsities of a family pruning run's members (increasing); [] for any other run."""
+    conf = getattr(args, "model_conf", None) or {}
+    if getattr(args, "model", None) != "prune_espnet" or conf.get("target") is None:
+        return []
+    values = parse_targets(conf["target"])[1]
+    return values if len(values) > 1 else []
 
 
 def plain_asr_args(args: argparse.Namespace) -> argparse.Namespace:

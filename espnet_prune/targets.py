@@ -97,6 +97,31 @@ def parse_target(target: Any) -> Tuple[str, float]:
     return kind, value
 
 
+def parse_targets(target: Any) -> Tuple[str, List[float]]:
+    """``{kind: x}``, or ``{kind: [x1, x2, ...]}`` for a family of sizes trained together
+    (:mod:`espnet_prune.family`), -> (kind, the sparsities in increasing order); errors
+    name ``model_conf.target``."""
+    if isinstance(target, Mapping) and len(target) == 1:
+        (kind, values), = target.items()
+        if isinstance(values, (list, tuple)):
+            parsed = sorted(parse_target({kind: v})[1] for v in values)
+            if len(parsed) < 2 or len(set(parsed)) != len(parsed):
+                raise ValueError(
+                    f"model_conf.target.{kind}: a family needs two or more distinct "
+                    f"sparsities, got {list(values)!r}"
+                )
+            return kind, parsed
+    kind, value = parse_target(target)
+    return kind, [value]
+
+
+def middle_target(values: List[float]) -> float:
+    """The middle of a family's sparsities (the lower middle of an even count): the member
+    validation watches and whose shift ranks the units of every member."""
+    ordered = sorted(values)
+    return ordered[(len(ordered) + 1) // 2 - 1]
+
+
 class TargetSelector:
     """Expected cost and exact-target structure of a model's gated parts for one target.
 
@@ -136,6 +161,8 @@ class TargetSelector:
         self._cache: Optional[Tuple[Tuple, Dict[str, Dict[Hashable, Tensor]]]] = None
         self._dense: Optional[float] = None
         self._scores: Optional[Dict[Tuple[str, Hashable], Tensor]] = None
+        #: the gates' shared shift (:mod:`espnet_prune.family`): scores depend on it
+        self.shift: Optional[Any] = None
 
     def rank_by(self, scores: Dict[Tuple[str, Hashable], Tensor]) -> "TargetSelector":
         """Rank units by ``scores`` (group key ``(part, key)`` -> ``(n,)``, higher kept
@@ -208,8 +235,9 @@ class TargetSelector:
         flat = torch.cat([p.detach().reshape(-1) for p in params]).double()
         weights = torch.arange(1, flat.numel() + 1, dtype=flat.dtype, device=flat.device)
         checksum = (float(flat.sum()), float((flat * weights).sum()))
+        shift = 0.0 if self.shift is None else float(self.shift)
         return tuple((id(p), p._version, p.data_ptr()) for p in params) + checksum + (
-            self.sparsity, id(self._scores))
+            self.sparsity, id(self._scores), shift)
 
     @torch.no_grad()
     def selection(self) -> Dict[str, Dict[Hashable, Tensor]]:

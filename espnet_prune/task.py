@@ -5,7 +5,8 @@ Optimizers (ESPnet's ``--optim``, ``--optim2``, ``--optim3`` options, each with 
 
 1. ``optim``: model weights (and the layer-distillation map);
 2. ``optim2``: gate ``log_alpha`` (default adam, lr 0.1, betas 0.9/0.9);
-3. ``optim3``: Lagrange multipliers, maximised (default adam, lr 0.02).
+3. ``optim3``: Lagrange multipliers, maximised (default adam, lr 0.02); absent when a
+   family of sizes trains (:mod:`espnet_prune.family`: no multipliers).
 
 A model without gates (the dense baseline) gets only the first optimizer, so the
 same entry point trains every stage of the recipe.
@@ -59,6 +60,8 @@ class PruneASRTask(ASRTask):
             raise ValueError("--exclude_weight_decay is not supported for pruning runs")
         optimizers = []
         for suf, name in (("", "weights"), ("2", "gates"), ("3", "lagrangian")):
+            if name == "lagrangian" and not groups[name]:  # a family: no multipliers
+                continue
             optim_class = _optim_class(args, suf)
             params = [p for _, p in groups[name]]
             optimizers.append(optim_class(params, **getattr(args, f"optim{suf}_conf")))

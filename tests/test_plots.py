@@ -164,8 +164,13 @@ def test_figures_are_written_as_png(tmp_path):
     plots.plot_training_curves([("a", curve), ("b", curve)], out / "training.png")
     plots.plot_wer_vs_params([plots.WerPoint("base", "dev", 3_500_000, 9.5, (8.0, 11.0)),
                               plots.WerPoint("pruned", "dev", 1_750_000, 9.9, None),
+                              plots.WerPoint("family_params0.3", "dev", 2_450_000, 9.7, None),
+                              plots.WerPoint("family_params0.5", "dev", 1_750_000, 9.9, None),
                               plots.WerPoint("base", "test", 3_500_000, 11.0, (9.0, 13.0))],
                              out / "wer.png")
+    assert [plots.size_curve(m) for m in ("family_params0.3", "family_macs0.25_shrunk", "prune_params0.5",
+                                          "baseline", "scratch_params0.3", "family_params0.3_0.5")] == [
+        "family", "family, shrunk", "pruned separately", None, None, None]
     for name in ("structure.png", "training.png", "wer.png"):
         data = (out / name).read_bytes()
         assert data[:8] == plots.PNG_SIGNATURE and len(data) > 5000

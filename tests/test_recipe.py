@@ -141,10 +141,9 @@ def test_rerun_does_no_work(recipe):
 
 
 def test_family_shrinks_nested_members_from_one_pruning_run(recipe, tmp_path):
-    """--family true on a copy of the finished recipe: no new pruning run (0.5 is the middle
-    target of "0.5 0.7" and already trained), both members shrunk from its gated model with
-    the nested rule, fine-tuned, decoded as fine-tuned and as shrunk, and reported beside the
-    separately pruned 0.5."""
+    """--family true on a copy of the finished recipe: one pruning run trains 0.5 and 0.7 at
+    once, both members are shrunk from its gated model with the nested rule, fine-tuned,
+    decoded as fine-tuned and as shrunk, and reported beside the separately pruned 0.5."""
     work, _ = recipe
     fam = tmp_path / "asr1"
     shutil.copytree(work, fam, symlinks=True)  # mtimes kept: what is complete stays complete
@@ -152,9 +151,11 @@ def test_family_shrinks_nested_members_from_one_pruning_run(recipe, tmp_path):
     assert proc.returncode == 0, proc.stderr[-4000:]
     exp = fam / "exp/mini"
     assert not (exp / "prune_params0.7").exists()  # one pruning run for the family
+    assert _yaml(exp / "prune_params0.5_0.7/config.yaml")["model_conf"]["target"] == {"params": [0.5, 0.7]}
     summaries = {t: json.loads((exp / f"family_params{t}/shrunk/summary.json").read_text()) for t in ("0.5", "0.7")}
     for t, summary in summaries.items():
         assert summary["target"]["rule"] == "nested" and summary["target"]["sparsity"] == float(t)
+        assert summary["target"]["family"] == [0.5, 0.7]
         assert abs(summary["params_sparsity"] - float(t)) < 0.03
         assert (exp / f"family_params{t}/final/model.pth").exists()
         for name in (f"family_params{t}", f"family_params{t}_shrunk"):
@@ -169,7 +170,9 @@ def test_family_shrinks_nested_members_from_one_pruning_run(recipe, tmp_path):
     assert summaries["0.7"]["params_shrunk_model"] < summaries["0.5"]["params_shrunk_model"]
     for d in ("final", "shrunk"):  # decoded as fine-tuned and as shrunk
         assert (exp / f"family_params0.5/{d}/decode_asr_test/text").exists()
-    assert "family_params0.5:prune_params0.5" in (exp / "report.args").read_text()
+    report_args = (exp / "report.args").read_text()
+    assert "family_params0.5:prune_params0.5" in report_args
+    assert "--train_log prune_params0.5_0.7=" in report_args
 
 
 def test_corrupt_audio_stops_feature_stage_by_name(recipe):

@@ -72,10 +72,8 @@ def fake_stage3_outputs(work: Path) -> None:
     (["--prune_targets", "0.5", "--family", "true"], {},
      "--family true needs two or more distinct --prune_targets of one kind, got params:0.5"),
     (["--prune_targets", "0.5 macs:0.3", "--family", "true"], {}, "--family true needs two or more"),
-    (["--prune_targets", "0.3 0.7", "--family", "true", "--baselines", "scratch"], {},
-     "--family true: the same-size baselines are built from separately pruned models"),
     (["--stage", "6", "--prune_targets", "0.3 0.5 0.7", "--family", "true"], {},
-     "exp/mini/prune_params0.5/final_gated/model.pth: not found (made by stage 5)"),
+     "exp/mini/prune_params0.3_0.5_0.7/final_gated/model.pth: not found (made by stage 5)"),
     (["--stage", "7", "--prune_targets", "0.3 0.7", "--family", "true"], {},
      "exp/mini/family_params0.7/final/model.pth: not found (made by stage 6)"),
     (["--stage", "5", "--prune_config", "conf/smoke/train_asr_conformer.yaml"], {},
@@ -176,9 +174,11 @@ def test_single_gpu_training_is_not_distributed(work, monkeypatch):
     assert not args.distributed
 
 
-def test_a_family_trains_its_middle_target():
-    from espnet_prune.recipe.preflight import family_source
+def test_a_family_is_one_pruning_run_of_every_target():
+    from espnet_prune.recipe.preflight import pruning_runs
 
-    assert family_source(["params:0.7", "params:0.3", "params:0.5"]) == "params:0.5"
-    assert family_source(["macs:0.6", "macs:0.2"]) == "macs:0.2"  # the lower middle of an even count
-    assert family_source(["params:0.25", "params:0.3", "params:0.125", "params:0.5", "params:0.75"]) == "params:0.3"
+    assert pruning_runs(["params:0.7", "params:0.3", "params:0.5"], family=True) == [
+        ("params0.3_0.5_0.7", ["params:0.3", "params:0.5", "params:0.7"])]
+    assert pruning_runs(["macs:0.6", "macs:0.25"], family=True) == [("macs0.25_0.6", ["macs:0.25", "macs:0.6"])]
+    assert pruning_runs(["params:0.7", "macs:0.3"], family=False) == [
+        ("params0.7", ["params:0.7"]), ("macs0.3", ["macs:0.3"])]

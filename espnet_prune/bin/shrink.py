@@ -16,7 +16,10 @@ side (stderr) and recorded under ``target`` in the summary.
 ``--target KIND:X`` picks another size from the same checkpoint: the structure is a
 prefix of the gates' ranking (:func:`~espnet_prune.budget.select_nested`), so shrinking
 one checkpoint at several targets gives nested models (what a smaller one keeps, every
-larger one keeps), each within the rule's bound of its target::
+larger one keeps), each within the rule's bound of its target. A family checkpoint
+(``model_conf.target: {params: [0.3, 0.5, 0.7]}``, :mod:`espnet_prune.family`) is shrunk
+at its middle target by default, and at any ``--target`` with the units ranked at the
+middle member's shift and the kept gates valued at the chosen member's own::
 
     for t in 0.3 0.5 0.7; do python -m espnet_prune.bin.shrink --target params:$t \
         --asr_train_config exp/prune/final_gated/config.yaml \
@@ -50,7 +53,8 @@ def main(cmd: Optional[List[str]] = None) -> dict:
     args = get_parser().parse_args(cmd)
     from espnet_prune.cost import sparsity, structure_cost
     from espnet_prune.encoder import GatedConformerEncoder
-    from espnet_prune.model import eval_target_from_args, plain_asr_args
+    from espnet_prune.family import member_selector
+    from espnet_prune.model import eval_target_from_args, family_targets_from_args, plain_asr_args
     from espnet_prune.targets import CostContext, build_selector, model_params, parse_target
     from espnet_prune.model_io import load_train_args
     from espnet_prune.shrink import shrink_asr_model
@@ -60,18 +64,26 @@ def main(cmd: Optional[List[str]] = None) -> dict:
     gated, _ = build_asr_model(train_args, args.asr_model_file, drop_prefixes=("pruning.",))
     gated.eval()
     target = eval_target_from_args(raw_args)
-    rule = "exact"
+    family = family_targets_from_args(raw_args)
+    reference = target[1] if family else None  # a family's units are ranked at its middle member
+    rule = "nested" if family else "exact"
     if args.target is not None:
         kind, _, value = args.target.partition(":")
         try:
             kind, value = parse_target({kind: value})
         except ValueError as e:
             raise SystemExit(f"--target {args.target}: {e}") from None
+        if family and kind != target[0]:
+            raise SystemExit(f"--target {args.target}: this checkpoint is a family of "
+                             f"{target[0]} targets {family}; pick a {target[0]} target")
         ctx = target[2] if target is not None else CostContext()
         target, rule = (kind, value, ctx), "nested"
     achieved = None
     if isinstance(gated.encoder, GatedConformerEncoder):
-        if target is not None:  # the exact-target rule: the structure meets the budget
+        if reference is not None:
+            selector = member_selector(gated, target[0], target[1], reference, target[2])
+            achieved = selector.achieved_sparsity()
+        elif target is not None:  # the exact-target rule: the structure meets the budget
             selector = build_selector(gated, *target, rule=rule).attach()
             achieved = selector.achieved_sparsity()
         shrunk, shrunk_args = shrink_asr_model(gated, train_args)
@@ -108,6 +120,8 @@ def main(cmd: Optional[List[str]] = None) -> dict:
         summary["target"] = {"kind": kind, "sparsity": value, "achieved": achieved}
         if rule != "exact":
             summary["target"]["rule"] = rule
+        if family:
+            summary["target"]["family"] = family
         print(f"{kind} sparsity: target {value:.4f}, achieved {achieved:.4f}", file=sys.stderr)
     text = json.dumps(summary, indent=1)
     atomic_write_text(out / "summary.json", text + "\n")

@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import io
 import os
+import re
 from dataclasses import dataclass
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -108,16 +109,20 @@ def plot_kept_structure(name: str, kept: KeptStructure, path: PathLike) -> None:
 
 
 def plot_training_curves(curves: Sequence[Tuple[str, TrainCurve]], path: PathLike) -> None:
-    """Expected vs target sparsity, lambda1 and lambda2 against the training step.
+    """Expected vs target sparsity, lambda1 and lambda2 (and, for a family, the gates' shift)
+    against the training step.
 
-    Keys missing from a run are left out of its panel.
+    Keys missing from a run are left out of its panel; a panel no run has a key of (the
+    multipliers of a family's run, the shift of a single target's) is not drawn.
     """
-    fig = _figure(7.0, 7.5)
-    axes = fig.subplots(3, 1, sharex=True)
-    panels = (("sparsity", (("expected_sparsity", "-", "expected"),
+    panels = [("sparsity", (("expected_sparsity", "-", "expected"),
                             ("target_sparsity", "--", "target"))),
               ("lambda1", (("lambda1", "-", ""),)),
-              ("lambda2", (("lambda2", "-", ""),)))
+              ("lambda2", (("lambda2", "-", ""),)),
+              ("gate shift (family)", (("gate_shift", "-", ""),))]
+    panels = [p for p in panels if any(key in c.values for _, c in curves for key, _, _ in p[1])] or panels[:1]
+    fig = _figure(7.0, 2.5 * len(panels))
+    axes = fig.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
     colors = [f"C{i % 10}" for i in range(len(curves))]
     for ax, (ylabel, series) in zip(axes, panels):
         for color, (name, c) in zip(colors, curves):
@@ -132,7 +137,7 @@ def plot_training_curves(curves: Sequence[Tuple[str, TrainCurve]], path: PathLik
             ax.legend(fontsize=7)
     approx = any(c.approximate_steps for _, c in curves)
     axes[-1].set_xlabel("training step (updates)" + (", some epochs estimated" if approx else ""))
-    axes[0].set_title("pruning: expected sparsity vs target, Lagrange multipliers", fontsize=10)
+    axes[0].set_title("pruning: " + ", ".join(name for name, _ in panels), fontsize=10)
     save_png(fig, path)
 
 
@@ -156,11 +161,24 @@ class WerPoint:
     ci: Union[Tuple[float, float], None] = None
 
 
+#: Models drawn as one WER-size curve (per test set): the members of a family, fine-tuned and
+#: as shrunk, and the separately pruned models; the line style of each curve.
+SIZE_CURVES = (("family", re.compile(r"^family_[a-z_]+[0-9.]+$"), "-"),
+               ("family, shrunk", re.compile(r"^family_[a-z_]+[0-9.]+_shrunk$"), ":"),
+               ("pruned separately", re.compile(r"^prune_[a-z_]+[0-9.]+$"), "--"))
+
+
+def size_curve(model: str) -> Optional[str]:
+    """The :data:`SIZE_CURVES` curve ``model`` is drawn on, or None."""
+    return next((curve for curve, pattern, _ in SIZE_CURVES if pattern.match(model)), None)
+
+
 def plot_wer_vs_params(points: Sequence[WerPoint], path: PathLike,
                        ci_label: str = "95 % bootstrap CI") -> None:
     """WER (%) against whole-model parameters (millions), one series per test set (drawn
     side by side, 0.8 % of the x range apart), the last set's points labelled with their
-    model; error bars = the confidence interval."""
+    model; error bars = the confidence interval. Models of one :data:`SIZE_CURVES` kind
+    (two or more of them) are joined by a line, sorted by size."""
     fig = _figure(7.0, 4.8)
     ax = fig.subplots()
     sets = list(dict.fromkeys(p.test_set for p in points))
@@ -175,6 +193,11 @@ def plot_wer_vs_params(points: Sequence[WerPoint], path: PathLike,
         err = np.array([[p.wer - p.ci[0], p.ci[1] - p.wer] if p.ci is not None else [0.0, 0.0]
                         for p in pts]).T
         ax.errorbar(x, y, yerr=err, fmt="o", capsize=3, color=f"C{k % 10}", label=s)
+        for curve, _, style in SIZE_CURVES:
+            on = sorted((xi, yi) for p, xi, yi in zip(pts, x, y) if size_curve(p.model) == curve)
+            if len(on) >= 2:
+                ax.plot(*zip(*on), style, color=f"C{k % 10}", linewidth=1,
+                        label=f"{s}: {curve}")
         if k == len(sets) - 1:
             labels: dict = {}  # models at the same point share one label
             for p, xi, yi in zip(pts, x, y):

@@ -6,11 +6,11 @@
         --exp exp/mini --baseline exp/mini/asr_baseline ...   (every option below)
 
 It checks, in this order, and prints each problem as one line ``error: ...`` (exit status 1);
-without a problem it prints the targets stage 5 trains (``KIND:VALUE`` each: every target, or
-a family's middle one, :func:`family_source`):
+without a problem it prints the pruning runs of stage 5, one line each, ``TAG KIND:VALUE...``
+(:func:`pruning_runs`: one run per target, or one run for a whole family):
 
 * the options themselves: a family (``--family true``) of at least two distinct targets of
-  one kind, without same-size baselines; whole numbers (``--stage``, ``--stop_stage``, ``--nj``, ``--ngpu``,
+  one kind; whole numbers (``--stage``, ``--stop_stage``, ``--nj``, ``--ngpu``,
   ``--num_nodes``, ``--train_jobs``), ``--control`` true/false, the ``--baselines`` names,
   every ``--prune_targets`` entry (kind and value, as ``model_conf.target`` will), the
   ``cmd_backend`` of ``cmd.sh`` and multi-node training only through Slurm;
@@ -24,7 +24,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 BASELINES = ("scratch", "magnitude", "layerdrop")
 
@@ -53,9 +53,6 @@ def option_problems(a: argparse.Namespace) -> List[str]:
         if len(set(a.prune_targets)) < 2 or len(set(a.prune_targets)) != len(a.prune_targets) or len(kinds) != 1:
             problems.append(f"--family true needs two or more distinct --prune_targets of one kind, "
                             f"got {' '.join(a.prune_targets) or 'none'}")
-        if a.baselines:
-            problems.append("--family true: the same-size baselines are built from separately pruned "
-                            "models; run them without --family")
     if not re.fullmatch(r"[1-9][0-9]*", a.train_jobs):
         problems.append(f"--train_jobs must be a positive integer, got '{a.train_jobs}'")
     if a.control not in ("true", "false"):
@@ -116,8 +113,7 @@ def input_problems(a: argparse.Namespace) -> List[str]:
         if first >= 5:
             need(f"{a.baseline}/final/model.pth", "the baseline, made by stage 4")
     tags = [spec.replace(":", "", 1) for spec in a.prune_targets]
-    trained = [family_source(a.prune_targets).replace(":", "", 1)] if a.family == "true" else tags
-    for tag in trained:
+    for tag, _ in pruning_runs(a.prune_targets, a.family == "true"):
         if first == 6:
             need(f"{a.exp}/prune_{tag}/final_gated/model.pth", "made by stage 5")
     for tag in tags:
@@ -133,11 +129,15 @@ def input_problems(a: argparse.Namespace) -> List[str]:
     return problems
 
 
-def family_source(targets: Sequence[str]) -> str:
-    """The target a family trains (``KIND:VALUE``): the middle one by value (the lower middle
-    of an even count)."""
+def pruning_runs(targets: Sequence[str], family: bool) -> List[Tuple[str, List[str]]]:
+    """Stage 5's pruning runs, ``(tag, targets)`` each, the run in ``exp/prune_<tag>``: one per
+    target (tag ``params0.5`` for ``params:0.5``), or one for a family, tagged with its kind and
+    its values in increasing order (``params0.3_0.5_0.7``)."""
+    if not family:
+        return [(spec.replace(":", "", 1), [spec]) for spec in targets]
     ordered = sorted(targets, key=lambda spec: float(spec.partition(":")[2]))
-    return ordered[(len(ordered) + 1) // 2 - 1]
+    kind = ordered[0].partition(":")[0]
+    return [(kind + "_".join(spec.partition(":")[2] for spec in ordered), ordered)]
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -165,8 +165,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {problem}", file=sys.stderr)
     if problems:
         return 1
-    # the targets stage 5 trains: every target, or the family's middle one
-    print(family_source(a.prune_targets) if a.family == "true" else " ".join(a.prune_targets))
+    for tag, targets in pruning_runs(a.prune_targets, a.family == "true"):
+        print(tag, *targets)
     return 0
 
 

@@ -358,16 +358,20 @@ def frontend_frames_per_second(conf: Dict[str, Any]) -> float:
 
 
 def write_prune_config(teacher_dir: Path, prune_config: Path, output: Path,
-                       target: Optional[str] = None) -> None:
+                       target: Optional[List[str]] = None) -> None:
     """Write the merged pruning config; the teacher is ``teacher_dir/{config.yaml,model.pth}``
-    and ``target`` (``kind:value``) sets ``model_conf.target``."""
+    and ``target`` (``kind:value`` specs) sets ``model_conf.target``: ``{kind: value}`` for
+    one, ``{kind: [values]}`` for a family (:mod:`espnet_prune.family`, one kind)."""
     teacher = load_config(Path(teacher_dir) / "config.yaml")
     conf = merge_configs(teacher, load_config(prune_config), where=str(prune_config))
     conf["model_conf"]["teacher_config"] = str(Path(teacher_dir) / "config.yaml")
     conf["model_conf"]["teacher_model_file"] = str(Path(teacher_dir) / "model.pth")
     if target:
-        kind, value = target.split(":")
-        conf["model_conf"]["target"] = {kind: float(value)}
+        kinds = {spec.split(":")[0] for spec in target}
+        values = [float(spec.split(":")[1]) for spec in target]
+        if len(kinds) != 1:
+            raise TeacherError(f"--target {' '.join(target)}: a family's targets must have one kind")
+        conf["model_conf"]["target"] = {kinds.pop(): values[0] if len(values) == 1 else values}
     atomic_write_text(output, yaml.safe_dump(conf, sort_keys=False, allow_unicode=True))
 
 
@@ -459,7 +463,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     m = sub.add_parser("prune_config")
     m.add_argument("--teacher_dir", type=Path, required=True)
     m.add_argument("--prune_config", type=Path, required=True)
-    m.add_argument("--target", default=None)
+    m.add_argument("--target", nargs="+", default=None, metavar="KIND:X",
+                   help="one target, or several (of one kind) for a family")
     m.add_argument("--output", type=Path, required=True)
     sh = sub.add_parser("shapes")
     sh.add_argument("--teacher_dir", type=Path, required=True)

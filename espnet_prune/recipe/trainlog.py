@@ -38,8 +38,8 @@ from espnet_prune.recipe.options import parse_named_paths
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-#: The values the pruning plots need.
-PRUNING_KEYS = ("expected_sparsity", "target_sparsity", "lambda1", "lambda2")
+#: The values the pruning plots need (a family's run has no multipliers: ``gate_shift`` instead).
+PRUNING_KEYS = ("expected_sparsity", "target_sparsity")
 
 _INTERVAL_RE = re.compile(r"\b(\d+)epoch:train:(\d+)-(\d+)batch:(.*)$")
 _RESULTS_RE = re.compile(r"\b(\d+)epoch results:\s*\[train\](.*?)(?:\[valid\]|$)")

@@ -33,8 +33,8 @@ prune_targets="0.5"       # space-separated: "0.5" (of --target_kind) or "KIND:0
                           # params macs (whole model) encoder_params encoder_macs block_params block_macs
 target_kind=params        # kind of a bare number in --prune_targets (params: the whole model)
 finetune=true             # fine-tune each shrunk model with distillation
-family=false              # one pruning run for all --prune_targets: the middle target is trained,
-                          # every target is shrunk from it (nested sizes), each fine-tuned
+family=false              # one pruning run trains every --prune_targets size at once (nested sizes,
+                          # espnet_prune/family.py); each is shrunk from it and fine-tuned
 control=true              # train the equal-budget dense control (baseline_control)
 baselines=""              # same-size baselines, any of: scratch magnitude layerdrop
 train_jobs=2              # training runs at once in stages 5-7 (cores are split between them)
@@ -179,9 +179,9 @@ control_dir=${exp}/baseline_control
 # every problem of the options, the configs and earlier stages' outputs, named, before any work
 targets_checked=(); for t in $prune_targets; do targets_checked+=("$(parse_target "$t")"); done
 fbank=true; [ "$teacher_mode" = true ] && fbank=false
-# it prints the pruning runs of stage 5: one per target, or a family's middle target alone
+# it prints the pruning runs of stage 5, "TAG KIND:VALUE..." a line: one per target, or one family
 # shellcheck disable=SC2086
-train_targets=$(python -m espnet_prune.recipe.preflight --stage "$stage" --stop_stage "$stop_stage" --nj "$nj" \
+pruning_runs=$(python -m espnet_prune.recipe.preflight --stage "$stage" --stop_stage "$stop_stage" --nj "$nj" \
     --ngpu "$ngpu" --num_nodes "$num_nodes" --train_jobs "$train_jobs" --control "$control" \
     --finetune "$finetune" --cmd_backend "$cmd_backend" --fbank "$fbank" --family "$family" \
     --prune_targets "${targets_checked[@]}" --baselines $baselines \
@@ -189,7 +189,7 @@ train_targets=$(python -m espnet_prune.recipe.preflight --stage "$stage" --stop_
     --inference_config "$inference_config" --data "$data" --train_set "$train_set" \
     --valid_set "$valid_set" --test_sets $test_sets --train_dump "$train_dump" --bpemodel "$bpemodel" \
     --baseline "$baseline" --exp "$exp" --control_dir "$control_dir") || exit 1
-family_source=""; [ "$family" = true ] && family_source=$train_targets
+family_run=""; [ "$family" = true ] && family_run=${exp}/prune_${pruning_runs%% *}  # its members' source
 
 # ---------------------------------------------------------------- stages
 if runs 1 && { [ "$teacher_mode" = false ] || [ -z "$dump_dir" ]; }; then
@@ -211,9 +211,12 @@ fi
 omp_threads_given=${OMP_NUM_THREADS-}
 if runs 5; then
     banner 5 "pruning: targets ${prune_targets} (teacher ${baseline}/final)$( [ "$control" = true ] && echo '; equal-budget control')"
-    n_jobs=$(wc -w <<< "$train_targets"); [ "$control" = true ] && n_jobs=$((n_jobs + 1))
+    n_jobs=$(wc -l <<< "$pruning_runs"); [ "$control" = true ] && n_jobs=$((n_jobs + 1))
     export OMP_NUM_THREADS=${OMP_NUM_THREADS_TRAIN:-$(threads_for "$n_jobs")}
-    for t in $train_targets; do start_job "prune $t" prune_job "$t"; done
+    while read -r tag targets; do
+        # shellcheck disable=SC2086
+        start_job "prune ${tag}" prune_job "${exp}/prune_${tag}" $targets
+    done <<< "$pruning_runs"
     [ "$control" = true ] && start_job "control" control_job
     wait_jobs
 fi
@@ -221,7 +224,7 @@ fi
 if runs 6; then
     banner 6 "shrink pruned models$( [ "$finetune" = true ] && echo ' and fine-tune them with distillation')"
     export OMP_NUM_THREADS=${OMP_NUM_THREADS_TRAIN:-$(threads_for "$(wc -w <<< "$prune_targets")")}
-    if [ "$family" = true ]; then  # every member from the middle target's gated model
+    if [ "$family" = true ]; then  # every member from the family's gated model
         for t in $prune_targets; do start_job "family $t" family_job "$t"; done
     else
         for t in $prune_targets; do start_job "shrink $t" shrink_job "$t"; done
@@ -249,9 +252,9 @@ for t in $prune_targets; do
         models+=("family_${tag}=${exp}/family_${tag}/final")
         [ "$finetune" = true ] && models+=("family_${tag}_shrunk=${exp}/family_${tag}/shrunk")
         [ -f "${exp}/prune_${tag}/final/model.pth" ] && models+=("prune_${tag}=${exp}/prune_${tag}/final")
-        continue
+    else
+        models+=("prune_${tag}=${exp}/prune_${tag}/final")
     fi
-    models+=("prune_${tag}=${exp}/prune_${tag}/final")
     for b in $baselines; do models+=("${b}_${tag}=${exp}/${b}_${tag}/final"); done
 done
 

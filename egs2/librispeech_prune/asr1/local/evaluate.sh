@@ -49,15 +49,15 @@ report_stage() {  # stage 9: sclite-compatible scoring per model and set, then R
     [ "$dataset" = librispeech_100 ] && published=(--published librispeech_100)
     model_args=(); for m in "${models[@]}"; do model_args+=(--model "$m"); done
     [ "$control" = true ] && model_args+=(--control baseline_control)
-    for t in $train_targets; do
-        tag=$(target_tag "$t"); model_args+=(--train_log "prune_${tag}=${exp}/prune_${tag}/train.log")
-    done
+    while read -r tag _; do
+        model_args+=(--train_log "prune_${tag}=${exp}/prune_${tag}/train.log")
+    done <<< "$pruning_runs"
     for t in $prune_targets; do
         tag=$(target_tag "$t")
         # each family member against the separately pruned model of its target, where there is one
         [ "$family" = true ] && [ -f "${exp}/prune_${tag}/final/model.pth" ] && model_args+=(--pair "family_${tag}:prune_${tag}")
-        # each pruned model against its same-size baselines, in the paired-bootstrap table
-        for b in $baselines; do model_args+=(--pair "prune_${tag}:${b}_${tag}"); done
+        # each pruned model (or family member) against its same-size baselines, in the paired-bootstrap table
+        for b in $baselines; do model_args+=(--pair "$(pruned_name "$t"):${b}_${tag}"); done
     done
     # shellcheck disable=SC2206
     report_args=("${model_args[@]}" --test_sets $test_sets \

@@ -2,19 +2,20 @@
 # output is complete and newer than its inputs; stage 5-7 start them in the job pool (lib.sh).
 
 epochs() { python -m espnet_prune.recipe.same_size epochs "$@"; }
+# the pruned model of a target: its family member, or its own pruning run
+pruned_name() { if [ "$family" = true ]; then echo "family_$(target_tag "$1")"; else echo "prune_$(target_tag "$1")"; fi; }
 # whole-model parameters of a pruned model (from its shrink summary)
 pruned_params() { python -c 'import json,sys; print(json.load(open(sys.argv[1]))["params_shrunk_model"])' "$1/shrunk/summary.json"; }
 
-prune_job() {  # prune_job TARGET: gated training distilled from the teacher -> final_gated
-    local target tag out
-    target=$(parse_target "$1"); tag=$(target_tag "$1"); out=${exp}/prune_${tag}
+prune_job() {  # prune_job OUT TARGET...: gated training distilled from the teacher -> OUT/final_gated
+    local out=$1; shift  # (several targets: a family, every size trained at once)
     if up_to_date "${out}/final_gated/model.pth" "${baseline}/final/model.pth" "$prune_config"; then
         log "${out}: complete, skipped"; return 0
     fi
     # the teacher's architecture + the pruning options, with the teacher's files and the target
     mkdir -p "$out"
     python -m espnet_prune.recipe.teacher prune_config --teacher_dir "${baseline}/final" \
-        --prune_config "$prune_config" --target "$target" --output "${out}/prune_config.yaml"
+        --prune_config "$prune_config" --target "$@" --output "${out}/prune_config.yaml"
     train "$out" "${out}/prune_config.yaml"
     # the gates move until the end: keep the last epoch, not an average
     python -m espnet_prune.recipe.steps export --config "${out}/config.yaml" \
@@ -63,11 +64,11 @@ shrink_job() {  # shrink_job TARGET: final_gated -> shrunk (-> fine-tuned final)
     finish_job "$out"
 }
 
-family_job() {  # family_job TARGET: one member, shrunk from the middle target's gated model
+family_job() {  # family_job TARGET: one member, shrunk from the family's gated model
     local out
     out=${exp}/family_$(target_tag "$1")
-    # the nested rule: a prefix of the gates' ranking, so the members nest
-    shrink_into "$out" "${exp}/prune_$(target_tag "$family_source")/final_gated" --target "$(parse_target "$1")"
+    # the nested rule: a prefix of the family's one ranking, so the members nest
+    shrink_into "$out" "${family_run}/final_gated" --target "$(parse_target "$1")"
     finish_job "$out"
 }
 
@@ -94,7 +95,7 @@ finish_job() {  # finish_job DIR: DIR/shrunk -> DIR/final, fine-tuned unless --f
 same_size_job() {  # same_size_job METHOD TARGET: a baseline of the pruned model's whole-model size
     local method=$1 tag out n
     tag=$(target_tag "$2"); out=${exp}/${method}_${tag}
-    local pruned=${exp}/prune_${tag}
+    local pruned=${exp}/$(pruned_name "$2")
     n=$(pruned_params "$pruned")
     case $method in
         scratch)  # a smaller dense model trained from scratch for the whole budget

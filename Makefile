@@ -16,7 +16,7 @@ $(STAMP): setup.py constraints.txt
 	touch $(STAMP)
 
 test: $(STAMP)
-	NLTK_DATA=$(CURDIR)/$(VENV)/nltk_data $(PY) -m pytest -q tests
+	NLTK_DATA=$(CURDIR)/$(VENV)/nltk_data $(PY) -m pytest -q --durations=15 tests
 
 # The whole recipe on the embedded mini corpus (CPU, about 20 minutes on 2 cores):
 # baseline, equal-budget control, one pruned model (params 0.5).

@@ -17,7 +17,12 @@ up) and :meth:`~SparsityControl.after` (the loss term and the logged values):
   within 0.007 of the target from the end of the ramp (tests/test_prune_training.py).
 * **a family** (``target: {params: [0.3, 0.5, 0.7]}``): each training forward samples the
   next member's gates at the shift that meets its ramped target exactly
-  (:mod:`espnet_prune.family`); no loss term, no multipliers.
+  (:mod:`espnet_prune.family`); no loss term, no multipliers. From ``fixed_after`` training
+  forwards on (``model_conf.family_fixed_after``) the gates are frozen and each forward trains
+  the next member's deterministic structure, the one it will be shrunk to (eval-mode masks,
+  dropout and batch norm training): the shared weights learn to serve every member as it will
+  be used. The frozen gates get no gradient, so data-parallel training then needs ESPnet's
+  ``--unused_parameters true``.
 
 Either way a target ramps linearly over ``target_warmup_steps`` training forwards from the
 expected sparsity of the first update (the gates' initial state). In eval mode the gates
@@ -31,7 +36,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 
-from espnet_prune.family import GateFamily
+from espnet_prune.family import GateFamily, member_selector
 from espnet_prune.targets import CostContext, build_selector, middle_target
 
 Tensor = torch.Tensor
@@ -58,6 +63,8 @@ class SparsityControl:
         ctx: reference input of the MACs costs.
         warmup_steps: training forwards over which each target ramps up.
         p_gain: ``k_p`` of the Lagrangian (one target).
+        fixed_after: a family's training forwards before its members' structures are fixed
+            (None: never).
     """
 
     #: training forwards between two evaluations of the exact-target structure for
@@ -65,8 +72,11 @@ class SparsityControl:
     EVAL_SPARSITY_EVERY = 10
 
     def __init__(self, model: torch.nn.Module, kind: str, targets: List[float], ctx: CostContext,
-                 warmup_steps: int, p_gain: float) -> None:
+                 warmup_steps: int, p_gain: float, fixed_after: Optional[int] = None) -> None:
+        self.model, self.kind, self.ctx = model, kind, ctx
         self.state = model.pruning
+        self.fixed_after = fixed_after
+        self._fixed: Optional[Dict[float, Tuple[float, Any]]] = None
         self.targets = list(targets)
         self.target = middle_target(self.targets)
         self.warmup_steps = int(warmup_steps)
@@ -119,17 +129,38 @@ class SparsityControl:
         One target: nothing to do (None)."""
         if self.family is None:
             return None
-        if not training:
+        if not training:  # (the fixed phase attaches each member's selector in turn)
+            self.selector.attach()
             self.family.set(self.family.solve(self.target)[0])
             return self.target
+        step = int(self.state.num_updates)
+        if self.fixed_after is not None and step >= self.fixed_after:
+            member = self.targets[step % len(self.targets)]
+            shift, selector = self.fixed_members()[member]
+            self.family.set(shift)
+            selector.attach()
+            self.family.fix_structure(True)
+            return member
         if float(self.state.ramp_start) < 0:  # the ramp starts from the gates unshifted
             self.family.set(0.0)
             with torch.no_grad():
                 self.state.ramp_start.fill_(float(self.expected_sparsity()))
-        step = int(self.state.num_updates)
         member = self.current_target(self.targets[step % len(self.targets)])
         self.family.set(self.family.offset(member))
         return member
+
+    def fixed_members(self) -> Dict[float, Tuple[float, Any]]:
+        """Member target -> (its shift, its selector: the nested rule on the middle member's
+        ranking, :func:`~espnet_prune.family.member_selector`), computed once when the
+        structures are fixed; the gates are frozen from then on."""
+        if self._fixed is None:
+            for gate in self.family.gates:
+                gate.log_alpha.requires_grad_(False)
+            self._fixed = {}
+            for t in self.targets:
+                selector = member_selector(self.model, self.kind, t, self.target, self.ctx, self.family)
+                self._fixed[t] = (float(self.family.shift), selector)
+        return self._fixed
 
     def after(self, member: Optional[float], training: bool) -> Tuple[Any, Dict[str, Tensor]]:
         """(loss term, logged values) after the forward (the step counter already counts it):

@@ -27,7 +27,7 @@ from espnet_prune.blocks import NORMS, ConformerBlock, as_masked_input, block_si
 from espnet_prune.budget import UnitGroup, module_group
 from espnet_prune.cost import block_constant_cost, check_metric, frontend_cost, module_unit_cost
 from espnet_prune.frontend import SUBSAMPLING_CLASSES, GatedConv2dSubsampling
-from espnet_prune.gates import GateConfig, HardConcreteGate
+from espnet_prune.gates import GateConfig, HardConcreteGate, samples
 from espnet_prune.structure import GRANULARITIES, MODULES, BlockStructure, ConformerDims, check_supported_conf
 
 Tensor = torch.Tensor
@@ -56,6 +56,8 @@ class GatedConformerBlock(ConformerBlock):
     #: Eval-mode decision of the encoder's exact-target rule: module name ->
     #: kept unit indices (set by :meth:`GatedConformerEncoder.forward`).
     eval_keep: Optional[Dict[str, Tensor]] = None
+    #: train mode with the eval-mode masks of the selection (:func:`~espnet_prune.gates.samples`)
+    fixed_structure = False
 
     def module_masks(self, name: str) -> tuple:
         """(unit mask (n,) or None, module mask () or None) of module ``name``.
@@ -67,7 +69,7 @@ class GatedConformerBlock(ConformerBlock):
         """
         unit_gate = MODULES[name][0]
         has_units, has_whole = unit_gate in self.gates, name in self.gates
-        if self.training:
+        if samples(self):
             unit = self.gates[unit_gate]() if has_units else None
             whole = self.gates[name]()[0] if has_whole else None
             return unit, whole
@@ -256,6 +258,8 @@ class GatedConformerEncoder(ConformerEncoder):
     #: one, the encoder aims at the gates' expected block parameters.
     eval_selector: Optional[Any] = None
     shrunk_name = "pruned_conformer"
+    #: train mode with the eval-mode masks of the selection (:func:`~espnet_prune.gates.samples`)
+    fixed_structure = False
 
     def set_eval_target(self, kind: str, sparsity: Optional[float], ctx: Optional[Any] = None) -> None:
         """Make eval mode keep the structure that meets ``sparsity`` of an encoder-scoped
@@ -332,8 +336,9 @@ class GatedConformerEncoder(ConformerEncoder):
         return self.embed.keep_from_selection(keep)
 
     def forward(self, xs_pad: Tensor, ilens: Tensor, *args: Any, **kwargs: Any):
-        """ESPnet's ``ConformerEncoder.forward``; in eval mode the blocks use the exact-target selection."""
-        if self.training:
+        """ESPnet's ``ConformerEncoder.forward``; in eval mode (or with a fixed structure) the
+        blocks and the front end use the exact-target selection."""
+        if samples(self):
             return super().forward(xs_pad, ilens, *args, **kwargs)
         for block, keep in zip(self.encoders, self.eval_selection()):
             block.eval_keep = keep

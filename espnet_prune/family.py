@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 
@@ -73,6 +73,14 @@ class GateFamily:
     def set(self, value) -> None:
         """Set the shift of every gate (a float, or a 0-dim tensor carrying a gradient)."""
         self.shift.value = value
+
+    def fix_structure(self, fixed: bool) -> None:
+        """Make the gated modules apply their selection's eval masks in train mode too
+        (``fixed``), or sample their gates again."""
+        for part in self.selector.parts.values():
+            for module in part.modules():
+                if hasattr(type(module), "fixed_structure"):
+                    module.fixed_structure = fixed
 
     def _cost_and_slope(self, b: float) -> Tuple[float, float]:
         """Expected cost at shift ``b`` and its derivative in ``b``."""
@@ -140,11 +148,12 @@ class GateFamily:
 
 
 def member_selector(model: torch.nn.Module, kind: str, sparsity: float, reference: float,
-                    ctx: CostContext = CostContext()) -> TargetSelector:
+                    ctx: CostContext = CostContext(), family: Optional[GateFamily] = None) -> TargetSelector:
     """The selector of one member of a family checkpoint, attached to ``model``'s parts:
     the nested rule on the units ranked at the ``reference`` member's shift, the gates left
-    at the shift of ``sparsity`` (their kept values are open medians there)."""
-    family = GateFamily(model, kind, ctx)
+    at the shift of ``sparsity`` (their kept values are open medians there). ``family``:
+    the model's own, if it has one (default: a new one)."""
+    family = family or GateFamily(model, kind, ctx)
     selector = build_selector(model, kind, sparsity, ctx, rule="nested")
     with torch.no_grad(), family.at(reference):
         groups, _ = selector.groups()

@@ -62,7 +62,7 @@ from espnet_prune.cost.subsampling import (
     subsampling_unit_costs,
     subsampling_convs_of,
 )
-from espnet_prune.gates import GateConfig, HardConcreteGate
+from espnet_prune.gates import GateConfig, HardConcreteGate, samples
 
 Tensor = torch.Tensor
 Number = Union[int, float, Tensor]
@@ -120,6 +120,8 @@ class GatedConv2dSubsampling(torch.nn.Module):
     idim: int
     odim: int
     eval_keep: Optional[List[Tensor]] = None
+    #: train mode with the eval-mode masks of the selection (:func:`~espnet_prune.gates.samples`)
+    fixed_structure = False
 
     def __init__(self, *args, **kwargs) -> None:
         raise TypeError(
@@ -193,8 +195,8 @@ class GatedConv2dSubsampling(torch.nn.Module):
 
     def channel_masks(self) -> List[Tensor]:
         """Mask of each Conv2d's output channels, shape ``(odim,)`` each: sampled in
-        train mode, from :attr:`eval_keep` in eval mode."""
-        if self.training:
+        train mode, from :attr:`eval_keep` in eval mode (or with a fixed structure)."""
+        if samples(self):
             return [g.sample() for g in self.gates]
         if self.eval_keep is None:
             raise RuntimeError(

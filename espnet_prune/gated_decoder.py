@@ -63,7 +63,7 @@ from espnet_prune.budget import UnitGroup, module_group
 from espnet_prune.cost import check_metric, decoder_fixed_cost, sublayer_costs
 from espnet_prune.decoder_layer import slice_decoder_layer
 from espnet_prune.pruned_decoder import PrunedTransformerDecoder
-from espnet_prune.gates import GateConfig, HardConcreteGate
+from espnet_prune.gates import GateConfig, HardConcreteGate, samples
 from espnet_prune.options import inherit_signature
 from espnet_prune.shrink import load_strict
 from espnet_prune.structure import SUBLAYERS, DecoderLayerStructure
@@ -332,6 +332,8 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
 
     eval_selector: Optional[Any] = None
     shrunk_name = "pruned_transformer"
+    #: train mode with the eval-mode masks of the selection (:func:`~espnet_prune.gates.samples`)
+    fixed_structure = False
 
     def __init__(
         self,
@@ -499,8 +501,9 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
     # -- forward passes --------------------------------------------------------------
 
     def _apply_masks(self) -> None:
-        """Masks of the current mode on every layer: sampled (train) or of the eval selection."""
-        if self.training:
+        """Masks of the current mode on every layer: sampled (train) or of the eval selection
+        (eval mode, or a fixed structure)."""
+        if samples(self):
             for layer in self.decoders:
                 layer.set_masks(layer.sampled_masks())
         else:

@@ -88,6 +88,13 @@ class GateConfig:
         return math.log(p / (1.0 - p)) + self.log_ratio
 
 
+def samples(module: torch.nn.Module) -> bool:
+    """Whether a gated module samples its gates now: in train mode, unless its structure is
+    fixed (its ``fixed_structure``: a family training its members' structures as they will be
+    shrunk, :mod:`espnet_prune.family`); otherwise it applies the selection's eval masks."""
+    return module.training and not module.fixed_structure
+
+
 class GateShift:
     """A scalar added to the ``log_alpha`` of every gate that holds this object.
 
@@ -176,12 +183,13 @@ class HardConcreteGate(torch.nn.Module):
         return z.to(self.log_alpha.dtype)
 
     def forward(self, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """A sample in train mode; in eval mode :meth:`eval_mask` of ``keep``."""
+        """:meth:`eval_mask` of ``keep`` when given (eval mode, or a fixed structure in
+        train mode: :func:`samples`); else a sample in train mode."""
+        if keep is not None:
+            return self.eval_mask(keep)
         if self.training:
             return self.sample()
-        if keep is None:
-            raise ValueError(
-                "a gate's eval-mode mask needs the kept indices of the model-wide "
-                "selection (espnet_prune.budget): call gate(keep)"
-            )
-        return self.eval_mask(keep)
+        raise ValueError(
+            "a gate's eval-mode mask needs the kept indices of the model-wide "
+            "selection (espnet_prune.budget): call gate(keep)"
+        )

@@ -117,6 +117,9 @@ class ESPnetPruneASRModel(ESPnetASRModel):
             term of a PI controller of the sparsity: the gates follow the ramp
             without the windup and overshoot of pure gradient-ascent multipliers
             (tests/test_prune_training.py bounds the overshoot).
+        family_fixed_after: a family's training forwards after which its gates freeze and
+            each forward trains one member's structure as it will be shrunk
+            (:mod:`espnet_prune.control`); None: the gates train to the end.
     """
 
     def __init__(
@@ -136,6 +139,7 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         cost_frames_per_second: float = 100.0,
         cost_tokens: int = 40,
         sparsity_p_gain: float = 1000.0,
+        family_fixed_after: Optional[int] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -166,6 +170,9 @@ class ESPnetPruneASRModel(ESPnetASRModel):
             raise ValueError(f"model_conf.sparsity_p_gain={sparsity_p_gain} must be >= 0")
         self.sparsity_p_gain = float(sparsity_p_gain)
         self.target_warmup_steps = int(target_warmup_steps)
+        if family_fixed_after is not None and (int(family_fixed_after) < 0 or len(self.family_targets) < 2):
+            raise ValueError(f"model_conf.family_fixed_after={family_fixed_after}: a number of training "
+                             "forwards >= 0, for a family target ({kind: [x1, x2, ...]}) only")
         self.asr_weight, self.pred_weight, self.layer_weight = asr_weight, pred_weight, layer_weight
         self.temperature = float(temperature)
         if int(cost_tokens) < 1:
@@ -187,7 +194,8 @@ class ESPnetPruneASRModel(ESPnetASRModel):
             check_teacher_matches(self.teacher, self)
             self.init_from_teacher()
             control = SparsityControl(self, self.target_kind, self.family_targets, self.cost_ctx,
-                                      self.target_warmup_steps, self.sparsity_p_gain)
+                                      self.target_warmup_steps, self.sparsity_p_gain,
+                                      None if family_fixed_after is None else int(family_fixed_after))
             object.__setattr__(self, "control", control)
             object.__setattr__(self, "selector", control.selector)
             object.__setattr__(self, "family", control.family)

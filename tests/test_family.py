@@ -236,3 +236,50 @@ def test_shrink_command_on_a_family_checkpoint(tmp_path, teacher_dir, capsys):
         shrink_bin.main(common + ["--target", "params:0.3", "--output_dir", str(tmp_path / "x")])
     capsys.readouterr()
     assert json.loads((tmp_path / "shrunk_0.3/summary.json").read_text())["target"]["sparsity"] == 0.3
+
+
+def test_a_fixed_family_trains_each_member_as_it_will_be_shrunk(tmp_path, teacher_dir, capsys):
+    """From ``family_fixed_after`` on, the gates are frozen (no gradient) and each training
+    forward runs the next member's structure: the encoder's train-mode output equals the
+    shrunk member's (batch norm on batch statistics in both)."""
+    from espnet_prune.bin import shrink as shrink_bin
+    from espnet_prune.model_io import build_asr_model, save_asr_model
+
+    config = _student_config(tmp_path, teacher_dir, target={"encoder_params": [0.2, 0.4]},
+                             target_warmup_steps=0, family_fixed_after=2)
+    model = _build(config)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for g in model.family.gates:
+            g.log_alpha.normal_(1.0, 2.0)
+    speech, lengths, text, text_lengths = _batch()
+    model.train()
+    for step in range(5):
+        loss, stats, _ = model(speech.clone(), lengths, text.clone(), text_lengths)
+        model.zero_grad()
+        loss.backward()
+        fixed = step >= 2
+        assert all((g.log_alpha.grad is None) == fixed for g in model.family.gates), step
+        assert model.encoder.encoders[0].gates["ffn1_units"].log_alpha.requires_grad != fixed
+        assert float(stats["target_sparsity"]) == pytest.approx([0.2, 0.4][step % 2])
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    save_asr_model(tmp_path / "gated", model, _args(config))
+    for member in (0.2, 0.4):
+        out = tmp_path / f"member_{member}"
+        shrink_bin.main(["--asr_train_config", str(tmp_path / "gated/config.yaml"), "--asr_model_file",
+                         str(tmp_path / "gated/model.pth"), "--target", f"encoder_params:{member}",
+                         "--output_dir", str(out)])
+        shrunk, _ = build_asr_model(out / "config.yaml", out / "model.pth")
+        model.pruning.num_updates.fill_(2 + [0.2, 0.4].index(member))
+        assert model.control.before(True) == member
+        with torch.no_grad():
+            a, a_lens = model.encode(speech.clone(), lengths)
+            s, s_lens = shrunk.train().encode(speech.clone(), lengths)
+        assert torch.equal(a_lens, s_lens) and (a - s).abs().max() <= 1e-4, member
+    capsys.readouterr()
+    model.eval()
+    with torch.no_grad():
+        _, stats, _ = model(speech.clone(), lengths, text.clone(), text_lengths)
+    assert float(stats["target_sparsity"]) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="model_conf.family_fixed_after=3: .* for a family target"):
+        _build(_student_config(tmp_path, teacher_dir, target={"encoder_params": 0.2}, family_fixed_after=3))

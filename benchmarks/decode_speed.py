@@ -33,7 +33,6 @@ import json
 import logging
 import platform
 import sys
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
@@ -55,76 +54,16 @@ def build(vocab_size: int) -> torch.nn.Module:
     return model
 
 
-def beam_search(model: torch.nn.Module, decoder: torch.nn.Module, ctc_scorer: type, beam: int,
-                search_cls: type = None):
-    """ESPnet's BatchBeamSearch (or ``search_cls``) as Speech2Text builds it (decoder 0.7,
-    CTC 0.3, full pre-beam)."""
-    from espnet.nets.batch_beam_search import BatchBeamSearch
-    from espnet.nets.scorers.length_bonus import LengthBonus
+def beam_search(model, decoder, ctc_scorer, beam, search_cls=None):
+    from espnet_prune.decode_timing import forced_search
 
-    vocab = model.vocab_size
-    return (search_cls or BatchBeamSearch)(
-        beam_size=beam, vocab_size=vocab, sos=model.sos, eos=model.eos,
-        weights=dict(decoder=0.7, ctc=0.3, length_bonus=0.0),
-        scorers=dict(decoder=decoder, ctc=ctc_scorer(model.ctc, model.eos),
-                     length_bonus=LengthBonus(vocab)),
-        token_list=[str(i) for i in range(vocab)], pre_beam_score_key="full",
-    ).eval()
-
-
-class PartTimer:
-    """Seconds spent in the decoder's and the CTC scorer's calls of one beam search, and in
-    the decoder's output layer (part of the decoder's time)."""
-
-    def __init__(self, search) -> None:
-        self.seconds = {"decoder": 0.0, "ctc": 0.0, "output": 0.0}
-        for name, method in (("decoder", "batch_score"), ("ctc", "batch_score_partial"),
-                             ("ctc", "batch_init_state")):
-            scorer = search.scorers[name]
-            setattr(scorer, method, self._timed(name, getattr(scorer, method)))
-        out = search.scorers["decoder"].output_layer
-        self._start = 0.0
-        self._hooks = [out.register_forward_pre_hook(self._output_start),
-                       out.register_forward_hook(self._output_end)]
-
-    def _output_start(self, module, args) -> None:
-        self._start = time.perf_counter()
-
-    def _output_end(self, module, args, result) -> None:
-        self.seconds["output"] += time.perf_counter() - self._start
-
-    def remove(self, search) -> None:
-        """Back to the scorers' own methods, no hooks."""
-        for h in self._hooks:
-            h.remove()
-        for name, method in (("decoder", "batch_score"), ("ctc", "batch_score_partial"),
-                             ("ctc", "batch_init_state")):
-            search.scorers[name].__dict__.pop(method, None)
-
-    def _timed(self, name: str, fn):
-        def run(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                self.seconds[name] += time.perf_counter() - t0
-        return run
+    return forced_search(model, decoder, ctc_scorer, beam, search_cls)
 
 
 def decode(model, search, speech: torch.Tensor, tokens: int) -> Dict[str, Any]:
-    """One decode: total, encoder, decoder-step, CTC-scoring and other search seconds, n-best."""
-    timer = PartTimer(search)
-    with torch.inference_mode():
-        t0 = time.perf_counter()
-        enc, _ = model.encode(speech.clone(), torch.tensor([speech.size(1)]))
-        t1 = time.perf_counter()
-        x = enc[0]
-        hyps = search(x=x, maxlenratio=(tokens + 0.5) / x.size(0), minlenratio=0.0)
-        t2 = time.perf_counter()
-    timer.remove(search)
-    dec, ctc = timer.seconds["decoder"], timer.seconds["ctc"]
-    return dict(total=t2 - t0, encoder=t1 - t0, decoder=dec, output=timer.seconds["output"],
-                ctc=ctc, rest=(t2 - t1) - dec - ctc, hyps=hyps)
+    from espnet_prune.decode_timing import timed_decode
+
+    return timed_decode(model, search, speech, tokens)
 
 
 #: The decoding systems compared: name -> (decoder kind, CTC scorer, search class).

@@ -24,6 +24,15 @@ up) and :meth:`~SparsityControl.after` (the loss term and the logged values):
   be used. The frozen gates get no gradient, so data-parallel training then needs ESPnet's
   ``--unused_parameters true``.
 
+* **a bound** (``bound: {decode: 0.45}`` beside one target): a second cost's expected
+  sparsity ``s_b`` is held *at least* at its ramped bound ``t_b`` by the one-sided term
+
+  ``lambda_b * h + k_p / 2 * h^2``, ``h = max(0, t_b - s_b)``
+
+  (``lambda_b`` maximised like ``lambda1``; it grows only while the bound is violated). The
+  eval structure is the target's; the bound's sparsity of that structure is logged
+  (``eval_bound_sparsity``).
+
 Either way a target ramps linearly over ``target_warmup_steps`` training forwards from the
 expected sparsity of the first update (the gates' initial state). In eval mode the gates
 keep the structure of the exact-target rule (:mod:`espnet_prune.budget`) for the target
@@ -65,6 +74,8 @@ class SparsityControl:
         p_gain: ``k_p`` of the Lagrangian (one target).
         fixed_after: a family's training forwards before its members' structures are fixed
             (None: never).
+        bound: ``(kind, sparsity)`` of a cost held at least at that sparsity (one target
+            only), or None.
     """
 
     #: training forwards between two evaluations of the exact-target structure for
@@ -72,7 +83,8 @@ class SparsityControl:
     EVAL_SPARSITY_EVERY = 10
 
     def __init__(self, model: torch.nn.Module, kind: str, targets: List[float], ctx: CostContext,
-                 warmup_steps: int, p_gain: float, fixed_after: Optional[int] = None) -> None:
+                 warmup_steps: int, p_gain: float, fixed_after: Optional[int] = None,
+                 bound: Optional[Tuple[str, float]] = None) -> None:
         self.model, self.kind, self.ctx = model, kind, ctx
         self.state = model.pruning
         self.fixed_after = fixed_after
@@ -90,6 +102,9 @@ class SparsityControl:
             self.family = GateFamily(model, kind, ctx)
             self.family.attach(self.selector)
         self._last_eval_sparsity: Optional[float] = None
+        self.bound = bound
+        self._last_eval_bound: Optional[float] = None
+        self.bound_selector = None if bound is None else build_selector(model, bound[0], bound[1], ctx)
 
     def current_target(self, final: Optional[float] = None) -> float:
         """Target sparsity at the current step: a linear ramp over ``warmup_steps`` from the
@@ -187,7 +202,7 @@ class SparsityControl:
         lam1 = _GradReverse.apply(state.lambda1)
         lam2 = _GradReverse.apply(state.lambda2)
         loss = lam1 * gap + (lam2 + 0.5 * self.p_gain) * gap * gap
-        return loss, dict(
+        stats = dict(
             loss_lagrangian=loss.detach(),
             expected_sparsity=expected.detach(),
             target_sparsity=torch.tensor(target),
@@ -195,4 +210,28 @@ class SparsityControl:
             max_overshoot=state.max_overshoot.detach().clone(),
             lambda1=state.lambda1.detach().clone(),
             lambda2=state.lambda2.detach().clone(),
+        )
+        if self.bound_selector is not None:
+            bound_loss, bound_stats = self._bound_term(training)
+            loss = loss + bound_loss
+            stats.update(bound_stats)
+        return loss, stats
+
+    def _bound_term(self, training: bool) -> Tuple[Tensor, Dict[str, Tensor]]:
+        """The one-sided term that keeps the bound's expected sparsity at least at its
+        ramped value, and its logged values."""
+        expected = self.bound_selector.expected_sparsity().to(torch.float32)
+        frac = 1.0 if self.warmup_steps == 0 else min(1.0, float(self.state.num_updates) / self.warmup_steps)
+        ramped = self.bound[1] * frac  # from 0: the one-sided term is idle while the bound is met
+        short = torch.relu(ramped - expected)
+        lam = _GradReverse.apply(self.state.lambda_bound)
+        loss = lam * short + 0.5 * self.p_gain * short * short
+        step = int(self.state.num_updates)
+        if not training or self._last_eval_bound is None or step % self.EVAL_SPARSITY_EVERY == 0:
+            self._last_eval_bound = self.bound_selector.sparsity_of(self.selector.selection())
+        return loss, dict(
+            bound_sparsity=expected.detach(),
+            bound_target=torch.tensor(ramped),
+            eval_bound_sparsity=torch.tensor(self._last_eval_bound),
+            lambda_bound=self.state.lambda_bound.detach().clone(),
         )

@@ -314,6 +314,12 @@ class GatedConformerEncoder(ConformerEncoder):
                 constant += 2 * self.dims.output_size  # after_norm
         return groups, constant
 
+    def module_keys(self) -> List[Tuple[int, str]]:
+        """``(block, module)`` of every module the blocks hold (the ``decode`` metric's
+        call overheads, :mod:`espnet_prune.cost.latency`)."""
+        return [(i, name) for i, block in enumerate(self.encoders) for name in MODULES
+                if block.module(name) is not None]
+
     def eval_selection(self) -> List[Dict[str, Tensor]]:
         """Per block, the kept unit indices of every gated module (the exact-target rule)."""
         keep = self.selector().for_part(self)

@@ -66,6 +66,7 @@ from espnet_prune.pruned_decoder import PrunedTransformerDecoder
 from espnet_prune.gates import GateConfig, HardConcreteGate, samples
 from espnet_prune.options import inherit_signature
 from espnet_prune.shrink import load_strict
+from espnet_prune.gated_decoding import GatedDecoding
 from espnet_prune.structure import SUBLAYERS, DecoderLayerStructure
 
 Tensor = torch.Tensor
@@ -313,7 +314,7 @@ def check_decoder_conf(gate_granularities: Optional[List[str]], transformer_kwar
 
 
 @inherit_signature(TransformerDecoder)
-class GatedTransformerDecoder(PrunedTransformerDecoder):
+class GatedTransformerDecoder(GatedDecoding, PrunedTransformerDecoder):
     """ESPnet ``TransformerDecoder`` with hard-concrete gates in every layer; a gated part
     (:class:`~espnet_prune.parts.GatedPart`) that shrinks to ``pruned_transformer``.
 
@@ -422,6 +423,10 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
                 else:
                     groups.append(group)
         return groups, constant
+
+    def module_keys(self) -> List[Tuple[int, str]]:
+        """``(layer, sublayer)`` of every sublayer (the ``decode`` metric's call overheads)."""
+        return [(i, name) for i in range(len(self.decoders)) for name in SUBLAYERS]
 
     # -- eval-mode structure -------------------------------------------------------
 
@@ -535,47 +540,6 @@ class GatedTransformerDecoder(PrunedTransformerDecoder):
         self._apply_masks()
         return super().forward(hs_pad, hlens, ys_in_pad, ys_in_lens,
                                return_hs=return_hs, return_all_hs=return_all_hs)
-
-    def _dispatch(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        """An incremental-decoding entry point: in eval mode the shrunk decoder's
-        ``method``; in train mode ESPnet's, with masks sampled for this call."""
-        if not self.training:
-            return getattr(self.decoding_decoder(), method)(*args, **kwargs)
-        self._apply_masks()
-        return getattr(super(), method)(*args, **kwargs)
-
-    def forward_one_step(self, tgt: Tensor, tgt_mask: Tensor, memory: Tensor,
-                         memory_mask: Optional[Tensor] = None, *,
-                         cache: Optional[List[Tensor]] = None, return_hs: bool = False):
-        """ESPnet's ``forward_one_step`` (eval mode: the shrunk decoder's cache has one entry
-        per kept layer)."""
-        return self._dispatch("forward_one_step", tgt, tgt_mask, memory, memory_mask,
-                          cache=cache, return_hs=return_hs)
-
-    def score(self, ys: Tensor, state: Any, x: Tensor, return_hs: bool = False):
-        """Next-token log-probs ``(V,)`` of one hypothesis ``ys`` ``(t,)`` on memory ``x``
-        ``(T, d)`` (ESPnet ``BeamSearch``)."""
-        return self._dispatch("score", ys, state, x, return_hs=return_hs)
-
-    def batch_score(self, ys: Tensor, states: List[Any], xs: Tensor, return_hs: bool = False,
-                    xs_mask: Optional[Tensor] = None):
-        """Next-token log-probs ``(B, V)`` of hypotheses ``ys`` ``(B, t)`` (ESPnet
-        ``BatchBeamSearch``); see :meth:`PrunedTransformerDecoder.batch_score`."""
-        return self._dispatch("batch_score", ys, states, xs, return_hs=return_hs, xs_mask=xs_mask)
-
-    def init_state(self, x: Tensor) -> None:
-        """Start of an utterance: clears the memory key/value cache (of the shrunk decoder
-        in eval mode)."""
-        if not self.training:
-            return self.decoding_decoder().init_state(x)
-        return super().init_state(x)
-
-    batch_init_state = init_state
-
-    def forward_partially_AR(self, tgt, tgt_mask, tgt_lengths, memory, cache=None):
-        """ESPnet's partially autoregressive step (the shrunk decoder needs every sublayer
-        and source head of every kept layer)."""
-        return self._dispatch("forward_partially_AR", tgt, tgt_mask, tgt_lengths, memory, cache=cache)
 
 
 def _same_selection(a: Mapping[Hashable, Tensor], b: Mapping[Hashable, Tensor]) -> bool:

@@ -37,7 +37,8 @@ from espnet2.torch_utils.device_funcs import force_gatherable
 from espnet_prune.distill import LayerDistiller, kl_divergence
 from espnet_prune.encoder import GatedConformerEncoder
 from espnet_prune.control import SparsityControl
-from espnet_prune.targets import CostContext, middle_target, parse_targets
+from espnet_prune.cost.latency import LatencyTable
+from espnet_prune.targets import CostContext, middle_target, parse_target, parse_targets
 
 Tensor = torch.Tensor
 
@@ -60,14 +61,18 @@ def block_outputs(encoder: torch.nn.Module) -> Iterator[List[Tensor]]:
 
 class PruningState(torch.nn.Module):
     """Training-only state saved with the student: layer map, step counter and,
-    when pruning, the start of the target ramp and (one target) the Lagrange multipliers."""
+    when pruning, the start of the target ramp and (one target) the Lagrange multipliers
+    (with ``model_conf.bound``, also the bound's)."""
 
-    def __init__(self, distiller: LayerDistiller, pruning: bool, lagrangian: bool) -> None:
+    def __init__(self, distiller: LayerDistiller, pruning: bool, lagrangian: bool,
+                 bound: bool = False) -> None:
         super().__init__()
         self.distiller = distiller
         if lagrangian:
             self.lambda1 = torch.nn.Parameter(torch.zeros(()))
             self.lambda2 = torch.nn.Parameter(torch.zeros(()))
+        if bound:  # the multiplier of model_conf.bound
+            self.lambda_bound = torch.nn.Parameter(torch.zeros(()))
         self.register_buffer("num_updates", torch.zeros((), dtype=torch.long))
         if pruning:
             # expected sparsity at the first update, where the target ramp starts (-1: not yet)
@@ -111,7 +116,16 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         distill_layers: 1-based teacher blocks matched by ``L_layer`` (default: every
             third block, and the last one).
         layer_mapping: ``dynamic`` (CoFi) or ``fixed``.
-        cost_seconds / cost_frames_per_second: reference input of the MACs cost.
+        bound: ``{kind: x}``, a second cost held at sparsity *at least* x while the target
+            holds the first (one target only): e.g. ``{decode: 0.45}`` with
+            ``target: {params: 0.5}`` prunes half the parameters so that a decode takes
+            at most 0.55 of the dense model's time. Its multiplier pushes only while the
+            expected sparsity is below the (ramped) bound; the eval structure is the
+            target's.
+        latency_table: YAML file (or mapping) of the latency table that prices the
+            ``decode`` cost (:mod:`espnet_prune.cost.latency`); needed for ``decode``.
+        cost_seconds / cost_frames_per_second / cost_tokens: reference input of the MACs
+            and ``decode`` costs (audio seconds, frames per second, decoder steps).
         sparsity_p_gain: ``k_p`` of the fixed proportional term ``k_p / 2 * (s - t)^2``
             added to the Lagrangian. With it the multipliers act as the integral
             term of a PI controller of the sparsity: the gates follow the ramp
@@ -140,6 +154,8 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         cost_tokens: int = 40,
         sparsity_p_gain: float = 1000.0,
         family_fixed_after: Optional[int] = None,
+        bound: Optional[Dict[str, float]] = None,
+        latency_table: Optional[Any] = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -177,7 +193,15 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         self.temperature = float(temperature)
         if int(cost_tokens) < 1:
             raise ValueError(f"model_conf.cost_tokens={cost_tokens} must be >= 1")
-        self.cost_ctx = CostContext(float(cost_seconds), float(cost_frames_per_second), int(cost_tokens))
+        latency = None if latency_table is None else LatencyTable.from_conf(latency_table)
+        self.cost_ctx = CostContext(float(cost_seconds), float(cost_frames_per_second),
+                                    int(cost_tokens), latency=latency)
+        self.bound = None
+        if bound is not None:
+            if not self.pruning_mode or len(self.family_targets) > 1:
+                raise ValueError("model_conf.bound needs pruning with one target "
+                                 "(encoder: gated_conformer, target: {kind: x})")
+            self.bound = parse_target(bound, "model_conf.bound")
         dims = self.encoder.dims
         if distill_layers is None:
             n = dims.num_blocks
@@ -186,6 +210,7 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         self.pruning = PruningState(
             LayerDistiller(dims.output_size, distill_layers, dims.num_blocks, layer_mapping),
             pruning=self.pruning_mode, lagrangian=self.pruning_mode and not is_family,
+            bound=self.bound is not None,
         )
         object.__setattr__(self, "teacher", load_teacher(teacher_config, teacher_model_file))
         object.__setattr__(self, "control", None)
@@ -195,7 +220,8 @@ class ESPnetPruneASRModel(ESPnetASRModel):
             self.init_from_teacher()
             control = SparsityControl(self, self.target_kind, self.family_targets, self.cost_ctx,
                                       self.target_warmup_steps, self.sparsity_p_gain,
-                                      None if family_fixed_after is None else int(family_fixed_after))
+                                      None if family_fixed_after is None else int(family_fixed_after),
+                                      bound=self.bound)
             object.__setattr__(self, "control", control)
             object.__setattr__(self, "selector", control.selector)
             object.__setattr__(self, "family", control.family)

@@ -51,6 +51,10 @@ class GatedPart(Protocol):
         """(groups, constant): the prunable unit groups in ``metric`` within ``scope``
         and the part's cost in that scope that no gate removes."""
 
+    def module_keys(self) -> List[Hashable]:
+        """Keys of the part's modules, as its groups name them: each costs a call overhead
+        in the ``decode`` metric while it keeps a unit (:mod:`espnet_prune.cost.latency`)."""
+
     def gate_parameters(self) -> List[torch.nn.Parameter]:
         """Every ``log_alpha`` of the part (for the gates' own optimizer)."""
 

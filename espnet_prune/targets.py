@@ -15,6 +15,10 @@ kind                      cost whose sparsity is held (DESIGN 2.2)
 ``encoder_macs``          MACs of the encoder on ``cost_seconds`` of audio
 ``block_params``          parameters of the Conformer blocks
 ``block_macs``            MACs of the Conformer blocks
+``decode``                seconds of one beam-search decode of the reference
+                          utterance (encoder, ``cost_tokens`` decoder steps for the
+                          beam, CTC scoring and search), priced by a latency table
+                          (:mod:`espnet_prune.cost.latency`; ``model_conf.latency_table``)
 ========================  =========================================================
 
 Every gated part of the model (the encoder's blocks and front end, the decoder)
@@ -37,6 +41,8 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Tuple
 import torch
 
 from espnet_prune.budget import UnitGroup, expected_cost, kept_cost, max_error, select_nested, select_units
+from espnet_prune.cost.latency import LatencyTable, decode_groups, search_seconds
+from espnet_prune.cost.metrics import PRICED_METRICS
 from espnet_prune.parts import gated_parts
 
 Tensor = torch.Tensor
@@ -49,6 +55,7 @@ TARGET_KINDS: Dict[str, Tuple[str, str]] = {
     "encoder_macs": ("macs", "encoder"),
     "block_params": ("params", "blocks"),
     "block_macs": ("macs", "blocks"),
+    "decode": ("decode", "model"),
 }
 
 
@@ -66,34 +73,35 @@ class CostContext:
         tokens: output tokens the decoder produces for it (one hypothesis).
         memory_frames: encoder output frames for it (set by :func:`build_selector`
             from the encoder's subsampling; what the decoder's source attention reads).
+        latency: the latency table that prices the ``decode`` metric (None: no ``decode``).
     """
 
     seconds: float = 10.0
     frames_per_second: float = 100.0
     tokens: int = 40
     memory_frames: Optional[int] = None
+    latency: Optional[LatencyTable] = None
 
     @property
     def input_frames(self) -> int:
         return int(round(self.seconds * self.frames_per_second))
 
 
-def parse_target(target: Any) -> Tuple[str, float]:
-    """``{kind: x}`` with x in [0, 1) -> (kind, x), errors naming ``model_conf.target``."""
+def parse_target(target: Any, name: str = "model_conf.target") -> Tuple[str, float]:
+    """``{kind: x}`` with x in [0, 1) -> (kind, x), errors naming ``name``."""
     if not isinstance(target, Mapping) or len(target) != 1:
         raise ValueError(
-            "model_conf.target must be one mapping like {params: 0.5} or {macs: 0.5}, "
-            f"got {target!r}"
+            f"{name} must be one mapping like {{params: 0.5}} or {{macs: 0.5}}, got {target!r}"
         )
     (kind, value), = target.items()
     if kind not in TARGET_KINDS:
-        raise ValueError(f"model_conf.target.{kind}: unknown cost; choose from {list(TARGET_KINDS)}")
+        raise ValueError(f"{name}.{kind}: unknown cost; choose from {list(TARGET_KINDS)}")
     try:
         value = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"model_conf.target.{kind}={value!r} is not a number") from None
+        raise ValueError(f"{name}.{kind}={value!r} is not a number") from None
     if not (0.0 <= value < 1.0) or math.isnan(value):
-        raise ValueError(f"model_conf.target.{kind}={value} must be in [0, 1)")
+        raise ValueError(f"{name}.{kind}={value} must be in [0, 1)")
     return kind, value
 
 
@@ -190,8 +198,13 @@ class TargetSelector:
         """All parts' groups (keys ``(part, key)``, differentiable scores) and the constant."""
         groups: List[UnitGroup] = []
         constant: Any = self.rest
+        metric = PRICED_METRICS.get(self.metric, self.metric)
         for name, part in self.parts.items():
-            part_groups, part_constant = part.unit_groups(self.metric, self.scope, self.ctx)
+            part_groups, part_constant = part.unit_groups(metric, self.scope, self.ctx)
+            if self.metric == "decode":
+                part_groups, part_constant = decode_groups(
+                    name, part_groups, part_constant, part.module_keys(), self.ctx.latency,
+                    self.ctx.tokens)
             constant = constant + part_constant
             for g in part_groups:
                 key = (name, g.key)
@@ -275,6 +288,14 @@ class TargetSelector:
     def achieved_sparsity(self) -> float:
         return 1.0 - self.achieved_cost() / self.dense_cost()
 
+    @torch.no_grad()
+    def sparsity_of(self, selection: Dict[str, Dict[Hashable, Tensor]]) -> float:
+        """Sparsity, in this selector's cost, of another selector's structure over the
+        same parts (``other.selection()``), e.g. the decode time of a parameter target's."""
+        groups, constant = self.groups()
+        flat = {(name, key): idx for name, keep in selection.items() for key, idx in keep.items()}
+        return 1.0 - (kept_cost(groups, flat) + float(constant)) / self.dense_cost()
+
 
 def model_params(model: torch.nn.Module) -> int:
     """Parameters a plain ESPnet model saves: no gates, no pruning state."""
@@ -291,6 +312,14 @@ def _rest_of_model(model: torch.nn.Module, parts: Dict[str, torch.nn.Module], me
     if metric == "params":
         inner = TargetSelector(parts, "params", None, ctx)
         return float(model_params(model) - inner.dense_cost())
+    if metric == "decode":  # CTC and search; a decoder without gates decodes dense
+        seconds = search_seconds(ctx.latency, ctx.tokens)
+        decoder = getattr(model, "decoder", None)
+        if decoder is not None and "decoder" not in parts:
+            t = ctx.latency
+            seconds += t.decoder_mac_s * dense_decoder_macs(decoder, ctx.memory_frames, ctx.tokens)
+            seconds += t.decoder_sublayer_s * ctx.tokens * decoder_sublayer_count(decoder)
+        return seconds
     t_enc = ctx.memory_frames
     d = model.encoder.dims.output_size
     macs = 0.0
@@ -315,6 +344,14 @@ def dense_decoder_macs(decoder: torch.nn.Module, memory_frames: int, tokens: int
     return float(decoder_cost(dims, dims.dense_structure(), memory_frames=memory_frames, tokens=tokens)["utterance_macs"])
 
 
+def decoder_sublayer_count(decoder: torch.nn.Module) -> int:
+    """Sublayers (self attention, source attention, FFN) of a Transformer decoder's layers."""
+    from espnet_prune.structure import SUBLAYERS
+
+    return sum(getattr(layer, attr, None) is not None
+               for layer in decoder.decoders for _, attr, _, _ in SUBLAYERS.values())
+
+
 def build_selector(model: torch.nn.Module, kind: str, sparsity: Optional[float],
                    ctx: CostContext = CostContext(), rule: str = "exact") -> TargetSelector:
     """The selector of ``model``'s gated parts for target ``{kind: sparsity}`` (``rule``:
@@ -326,6 +363,9 @@ def build_selector(model: torch.nn.Module, kind: str, sparsity: Optional[float],
 
     ctx = dataclasses.replace(ctx, memory_frames=frontend_cost(model.encoder.dims, ctx.input_frames)[2])
     metric, scope = TARGET_KINDS[kind]
+    if metric == "decode" and ctx.latency is None:
+        raise ValueError(f"model_conf.target.{kind} needs a latency table "
+                         "(model_conf.latency_table; python -m espnet_prune.bin.latency measures one)")
     if scope != "model":
         outside = [name for name in parts if name != "encoder"]
         if scope == "blocks" and parts["encoder"].gated_frontend:

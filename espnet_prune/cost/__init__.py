@@ -14,6 +14,7 @@ module                             costs of
 :mod:`~.subsampling`               ESPnet's conv front ends (the (kernel, stride) table)
 :mod:`~.encoder`                   Conformer modules and blocks, the whole encoder
 :mod:`~.decoder`                   Transformer decoder layers and the whole decoder
+:mod:`~.latency`                   seconds of a beam-search decode (the ``decode`` metric)
 =================================  =====================================================
 
 MACs count multiply-accumulates of matrix products and convolutions (biases, norms,
@@ -43,7 +44,8 @@ from espnet_prune.cost.encoder import (
     module_unit_cost,
     structure_cost,
 )
-from espnet_prune.cost.metrics import METRICS, SCOPES, Number, check_metric, sparsity
+from espnet_prune.cost.latency import LatencyTable, decode_groups, decode_seconds
+from espnet_prune.cost.metrics import METRICS, PRICED_METRICS, SCOPES, Number, check_metric, sparsity
 from espnet_prune.cost.subsampling import (
     SUBSAMPLING_CONVS,
     conv_output_sizes,
@@ -53,7 +55,8 @@ from espnet_prune.cost.subsampling import (
 )
 
 __all__ = [
-    "METRICS", "SCOPES", "Number", "check_metric", "sparsity",
+    "METRICS", "PRICED_METRICS", "SCOPES", "Number", "check_metric", "sparsity",
+    "LatencyTable", "decode_groups", "decode_seconds",
     "SUBSAMPLING_CONVS", "conv_output_sizes", "subsampling_cost", "subsampling_cost_terms",
     "subsampling_unit_costs",
     "ModuleCounts", "block_constant_cost", "block_macs", "block_params", "counts_from_structure",

@@ -5,7 +5,9 @@ A cost has a *metric* and a *scope* (a pruning target names one of each,
 
 * metric: ``params`` (what ``model.pth`` holds) or ``macs`` (multiply-accumulates of
   matrix products and convolutions for one inference on the reference utterance of
-  :class:`~espnet_prune.targets.CostContext`);
+  :class:`~espnet_prune.targets.CostContext`), which every gated part reports; or
+  ``decode`` (seconds of one beam-search decode of that utterance), priced from the
+  parts' ``macs`` and their module counts by a latency table (:mod:`.latency`);
 * scope: ``blocks`` (the Conformer blocks), ``encoder`` (+ the subsampling front end and
   ``after_norm``) or ``model`` (the whole ASR model: + CTC, decoder, embeddings).
 """
@@ -20,6 +22,8 @@ Number = Union[int, float, torch.Tensor]
 
 METRICS: Tuple[str, ...] = ("params", "macs")
 SCOPES: Tuple[str, ...] = ("blocks", "encoder", "model")
+#: metrics a selector derives from a part metric (:mod:`espnet_prune.cost.latency`)
+PRICED_METRICS = {"decode": "macs"}
 
 
 def check_metric(metric: str) -> str:

@@ -27,7 +27,8 @@ def fast_decoding(speech2text: Any, require: bool = True) -> bool:
     Whatever the decoder, the beam search's CTC prefix scorer becomes
     :class:`FastCTCPrefixScorer` (see :func:`fast_ctc_scoring`) and ESPnet's
     ``BatchBeamSearch`` a :class:`~espnet_prune.batch_search.FastBatchBeamSearch` (the same
-    search with its per-step bookkeeping vectorised).
+    search with its per-step bookkeeping vectorised; when ``speech2text.nbest`` is 1, it stops
+    as soon as the 1-best is decided: the same 1-best, fewer steps).
 
     Args:
         speech2text: ``espnet2.bin.asr_inference.Speech2Text`` (already built).
@@ -41,6 +42,8 @@ def fast_decoding(speech2text: Any, require: bool = True) -> bool:
     fast_ctc_scoring(beam)
     if type(beam) is BatchBeamSearch:  # how Speech2Text itself picks the batch search
         beam.__class__ = FastBatchBeamSearch
+    if type(beam) is FastBatchBeamSearch:  # only the 1-best is kept: stop once it is decided
+        beam.stop_when_decided = getattr(speech2text, "nbest", 1) == 1
     return in_use
 
 
@@ -125,6 +128,7 @@ def espnet_decoding(speech2text: Any) -> None:
     _swap_scorers(beam, FastCTCPrefixScorer, lambda v: CTCPrefixScorer(v.ctc, v.eos))
     if type(beam) is FastBatchBeamSearch:
         beam.__class__ = BatchBeamSearch
+        beam.__dict__.pop("stop_when_decided", None)
 
 
 def quantize_dynamic(model: Any, modules: Any = ("Linear",), dtype: str = "qint8") -> None:

@@ -41,8 +41,6 @@ from typing import Any, Dict, Hashable, List, Mapping, Optional, Tuple
 import torch
 
 from espnet_prune.budget import UnitGroup, expected_cost, kept_cost, max_error, select_nested, select_units
-from espnet_prune.cost.latency import LatencyTable, decode_groups, search_seconds
-from espnet_prune.cost.metrics import PRICED_METRICS
 from espnet_prune.parts import gated_parts
 
 Tensor = torch.Tensor
@@ -80,7 +78,7 @@ class CostContext:
     frames_per_second: float = 100.0
     tokens: int = 40
     memory_frames: Optional[int] = None
-    latency: Optional[LatencyTable] = None
+    latency: Optional[Any] = None  # a cost.latency.LatencyTable (the cost package loads ESPnet)
 
     @property
     def input_frames(self) -> int:
@@ -198,7 +196,11 @@ class TargetSelector:
         """All parts' groups (keys ``(part, key)``, differentiable scores) and the constant."""
         groups: List[UnitGroup] = []
         constant: Any = self.rest
-        metric = PRICED_METRICS.get(self.metric, self.metric)
+        metric = self.metric
+        if metric == "decode":  # priced from the parts' MACs (cost.metrics.PRICED_METRICS)
+            from espnet_prune.cost.latency import decode_groups
+
+            metric = "macs"
         for name, part in self.parts.items():
             part_groups, part_constant = part.unit_groups(metric, self.scope, self.ctx)
             if self.metric == "decode":
@@ -313,12 +315,15 @@ def _rest_of_model(model: torch.nn.Module, parts: Dict[str, torch.nn.Module], me
         inner = TargetSelector(parts, "params", None, ctx)
         return float(model_params(model) - inner.dense_cost())
     if metric == "decode":  # CTC and search; a decoder without gates decodes dense
+        from espnet_prune.cost.latency import search_seconds
+
         seconds = search_seconds(ctx.latency, ctx.tokens)
         decoder = getattr(model, "decoder", None)
         if decoder is not None and "decoder" not in parts:
             t = ctx.latency
             seconds += t.decoder_mac_s * dense_decoder_macs(decoder, ctx.memory_frames, ctx.tokens)
-            seconds += t.decoder_sublayer_s * ctx.tokens * decoder_sublayer_count(decoder)
+            seconds += sum(t.module_s("decoder", kind, ctx.tokens) * n
+                           for kind, n in decoder_sublayer_counts(decoder).items())
         return seconds
     t_enc = ctx.memory_frames
     d = model.encoder.dims.output_size
@@ -344,12 +349,12 @@ def dense_decoder_macs(decoder: torch.nn.Module, memory_frames: int, tokens: int
     return float(decoder_cost(dims, dims.dense_structure(), memory_frames=memory_frames, tokens=tokens)["utterance_macs"])
 
 
-def decoder_sublayer_count(decoder: torch.nn.Module) -> int:
-    """Sublayers (self attention, source attention, FFN) of a Transformer decoder's layers."""
+def decoder_sublayer_counts(decoder: torch.nn.Module) -> Dict[str, int]:
+    """Sublayers of a Transformer decoder's layers, per kind (``self_attn``, ``src_attn``, ``ffn``)."""
     from espnet_prune.structure import SUBLAYERS
 
-    return sum(getattr(layer, attr, None) is not None
-               for layer in decoder.decoders for _, attr, _, _ in SUBLAYERS.values())
+    return {kind: sum(getattr(layer, attr, None) is not None for layer in decoder.decoders)
+            for kind, (_, attr, _, _) in SUBLAYERS.items()}
 
 
 def build_selector(model: torch.nn.Module, kind: str, sparsity: Optional[float],
@@ -361,11 +366,13 @@ def build_selector(model: torch.nn.Module, kind: str, sparsity: Optional[float],
         raise ValueError(f"{type(model.encoder).__name__} has no gates: nothing to prune")
     from espnet_prune.cost import frontend_cost
 
-    ctx = dataclasses.replace(ctx, memory_frames=frontend_cost(model.encoder.dims, ctx.input_frames)[2])
     metric, scope = TARGET_KINDS[kind]
     if metric == "decode" and ctx.latency is None:
-        raise ValueError(f"model_conf.target.{kind} needs a latency table "
+        raise ValueError(f"a {kind} target or bound needs a latency table "
                          "(model_conf.latency_table; python -m espnet_prune.bin.latency measures one)")
+    if metric == "decode" and ctx.latency.seconds > 0:  # priced where the table was measured
+        ctx = dataclasses.replace(ctx, seconds=ctx.latency.seconds, tokens=ctx.latency.steps or ctx.tokens)
+    ctx = dataclasses.replace(ctx, memory_frames=frontend_cost(model.encoder.dims, ctx.input_frames)[2])
     if scope != "model":
         outside = [name for name in parts if name != "encoder"]
         if scope == "blocks" and parts["encoder"].gated_frontend:

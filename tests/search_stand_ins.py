@@ -20,6 +20,8 @@ class LogitsCTC(torch.nn.Module):
 class Bigram(BatchScorerInterface, torch.nn.Module):
     """A decoder stand-in: fixed random log-probabilities of the next token given the last."""
 
+    adds_log_probs = True  # (FastBatchBeamSearch.stop_when_decided)
+
     def __init__(self, vocab: int) -> None:
         super().__init__()
         g = torch.Generator().manual_seed(2)
@@ -50,13 +52,28 @@ def logits(frames: int, peaky: bool, seed: int = 0) -> torch.Tensor:
     return x
 
 
-def decode(scorer_cls, search_cls, x, beam, ctc_weight, dtype, maxlenratio=0.0):
-    """The n-best of one search (decoder weight 1 - ctc_weight, length bonus 0.1)."""
+def decode(scorer_cls, search_cls, x, beam, ctc_weight, dtype, maxlenratio=0.0,
+           length_bonus=0.1, stop_when_decided=False, steps=None):
+    """The n-best of one search (decoder weight 1 - ctc_weight); ``steps`` (a list) gets
+    the number of search steps appended."""
     scorers = dict(decoder=Bigram(VOCAB), ctc=scorer_cls(LogitsCTC(), VOCAB - 1),
                    length_bonus=LengthBonus(VOCAB))
-    weights = dict(decoder=1.0 - ctc_weight, ctc=ctc_weight, length_bonus=0.1)
+    weights = dict(decoder=1.0 - ctc_weight, ctc=ctc_weight, length_bonus=length_bonus)
     search = search_cls(beam_size=beam, vocab_size=VOCAB, sos=VOCAB - 1, eos=VOCAB - 1,
                         weights=weights, scorers=scorers, token_list=[str(i) for i in range(VOCAB)],
                         pre_beam_score_key=None if ctc_weight == 1.0 else "full")
+    if stop_when_decided:
+        search.stop_when_decided = True
+    calls = [0]
+    step = search.search
+
+    def counted(*args, **kwargs):
+        calls[0] += 1
+        return step(*args, **kwargs)
+
+    search.search = counted
     with torch.no_grad():
-        return search(x=x.to(dtype), maxlenratio=maxlenratio, minlenratio=0.0)
+        out = search(x=x.to(dtype), maxlenratio=maxlenratio, minlenratio=0.0)
+    if steps is not None:
+        steps.append(calls[0])
+    return out

@@ -58,3 +58,33 @@ def test_fast_decoding_switches_the_search_class_and_back():
     assert type(search.scorers["ctc"]) is FastCTCPrefixScorer
     espnet_decoding(s2t)
     assert type(search) is BatchBeamSearch and type(search.scorers["ctc"]) is CTCPrefixScorer
+
+
+@pytest.mark.parametrize("ctc_weight", [0.0, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("beam", [1, 5, 10])
+def test_stopping_when_the_1best_is_decided_keeps_it_in_fewer_steps(ctc_weight, beam):
+    """No length bonus: every step adds log probabilities, scores never grow, and the search
+    may stop once the best ended hypothesis leads every running one: ESPnet's 1-best (tokens,
+    total and per-scorer scores) in fewer steps, over peaky and flat posteriors."""
+    ref_steps, our_steps = [], []
+    for seed in range(4):
+        for peaky in (True, False):
+            x = logits(60, peaky, seed=seed + 10 * beam)
+            ref = decode(FastCTCPrefixScorer, BatchBeamSearch, x, beam, ctc_weight, torch.float32,
+                         length_bonus=0.0, steps=ref_steps)
+            ours = decode(FastCTCPrefixScorer, FastBatchBeamSearch, x, beam, ctc_weight, torch.float32,
+                          length_bonus=0.0, stop_when_decided=True, steps=our_steps)
+            assert_identical(ref[:1], ours[:1])
+            assert our_steps[-1] <= ref_steps[-1]
+    if beam > 1:  # (a beam of one has nothing left running once its hypothesis ends)
+        assert sum(our_steps) < sum(ref_steps), (our_steps, ref_steps)
+
+
+def test_no_early_stop_when_a_score_can_grow():
+    """A positive length bonus makes scores grow: the whole n-best stays ESPnet's."""
+    for seed in range(3):
+        x = logits(50, True, seed=seed)
+        ref = decode(FastCTCPrefixScorer, BatchBeamSearch, x, 5, 0.3, torch.float32, length_bonus=0.5)
+        ours = decode(FastCTCPrefixScorer, FastBatchBeamSearch, x, 5, 0.3, torch.float32, length_bonus=0.5,
+                      stop_when_decided=True)
+        assert_identical(ref, ours)

@@ -15,8 +15,12 @@ from espnet_prune.cost.latency import LatencyTable
 from espnet_prune.targets import CostContext, build_selector, dense_decoder_macs
 
 #: coefficients of a made-up machine, chosen so that every term moves the total
-TABLE = dict(encoder_mac_s=3e-9, encoder_module_s=2e-3, decoder_mac_s=5e-8, decoder_sublayer_s=4e-4,
+TABLE = dict(frontend_mac_s=1e-9, encoder_mac_s=3e-9, encoder_module_s=dict(ffn1=2e-3, mha=3e-3, conv=2.5e-3, ffn2=1e-3),
+             decoder_mac_s=5e-8, decoder_sublayer_s=dict(self_attn=4e-4, src_attn=3e-4, ffn=2e-4),
              step_s=1e-3, utterance_s=5e-3, beam=4)
+#: ESPnet's attribute of each kind of module / sublayer
+ENCODER_ATTRS = dict(ffn1="feed_forward_macaron", mha="self_attn", conv="conv_module", ffn2="feed_forward")
+DECODER_ATTRS = dict(self_attn="self_attn", src_attn="src_attn", ffn="feed_forward")
 DECODER_CONF = dict(attention_heads=2, linear_units=32, num_blocks=2, dropout_rate=0.0,
                     positional_dropout_rate=0.0, self_attention_dropout_rate=0.0,
                     src_attention_dropout_rate=0.0)
@@ -39,20 +43,25 @@ def gated_asr(tmp_path):
 
 def _decode_seconds_by_hand(shrunk: torch.nn.Module, table: dict, frames: int, steps: int) -> float:
     """The latency formula on a shrunk model, its quantities read off its modules: encoder
-    MACs from torch's FLOP counter, kept modules and sublayers counted, decoder MACs from
-    the decoder cost model (checked against torch's counter in test_gated_decoder)."""
+    and front-end MACs from torch's FLOP counter, kept modules and sublayers counted, decoder
+    MACs from the decoder cost model (checked against torch's counter in test_gated_decoder)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
     from espnet_prune.bin.profile import count_encoder_macs
 
     enc_macs = count_encoder_macs(shrunk.encoder, 20, frames)
-    modules = sum(getattr(layer, name) is not None for layer in shrunk.encoder.encoders
-                  for name in ("self_attn", "feed_forward", "feed_forward_macaron", "conv_module"))
-    sublayers = sum(getattr(layer, name) is not None for layer in shrunk.decoder.decoders
-                    for name in ("self_attn", "src_attn", "feed_forward"))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        shrunk.encoder.embed(torch.zeros(1, frames, 20), torch.ones(1, 1, frames, dtype=torch.bool))
+    fe_macs = counter.get_total_flops() // 2
+    modules = sum(table["encoder_module_s"][kind] for layer in shrunk.encoder.encoders
+                  for kind, attr in ENCODER_ATTRS.items() if getattr(layer, attr) is not None)
+    sublayers = sum(table["decoder_sublayer_s"][kind] for layer in shrunk.decoder.decoders
+                    for kind, attr in DECODER_ATTRS.items() if getattr(layer, attr) is not None)
     t_enc = shrunk.encoder(torch.zeros(1, frames, 20), torch.tensor([frames]))[0].size(1)
     dec_macs = dense_decoder_macs(shrunk.decoder, t_enc, steps)
-    return (table["encoder_mac_s"] * enc_macs + table["encoder_module_s"] * modules
-            + table["decoder_mac_s"] * dec_macs + table["decoder_sublayer_s"] * steps * sublayers
-            + table["step_s"] * steps + table["utterance_s"])
+    return (table["frontend_mac_s"] * fe_macs + table["encoder_mac_s"] * (enc_macs - fe_macs)
+            + modules + table["decoder_mac_s"] * dec_macs
+            + steps * sublayers + table["step_s"] * steps + table["utterance_s"])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -69,6 +78,9 @@ def test_decode_cost_is_the_latency_formula_on_the_shrunk_model(gated_asr, seed)
     expected = _decode_seconds_by_hand(shrunk, TABLE, ctx.input_frames, ctx.tokens)
     assert selector.achieved_cost() == pytest.approx(expected, rel=1e-9)
     assert model_decode_seconds(shrunk, shrunk_args, ctx.latency, 1.5, 100.0, 6) == pytest.approx(expected, rel=1e-9)
+    # a table that records where it was measured prices that utterance, whatever the context
+    measured_at = CostContext(latency=LatencyTable(**TABLE, seconds=1.5, steps=6))
+    assert build_selector(model, "decode", 0.4, measured_at).achieved_cost() == pytest.approx(expected, rel=1e-9)
     # the dense model: every module and sublayer kept
     for gate in [g for part in selector.parts.values() for g in part.gate_parameters()]:
         gate.data.fill_(10.0)
@@ -92,24 +104,31 @@ def test_removing_a_decoder_sublayer_saves_its_overhead_every_step(gated_asr):
     # token's q/k/v/out projections and attention over the prefix, for steps 1..6)
     d, heads, d_k, steps = 32, 2, 16, 6
     macs = sum((4 * d * d_k + 2 * d_k * t) * heads for t in range(1, steps + 1))
-    assert full - without == pytest.approx(TABLE["decoder_sublayer_s"] * steps + TABLE["decoder_mac_s"] * macs, rel=1e-9)
+    assert full - without == pytest.approx(
+        TABLE["decoder_sublayer_s"]["self_attn"] * steps + TABLE["decoder_mac_s"] * macs, rel=1e-9)
 
 
 def test_fit_recovers_the_table_of_noise_free_decodes():
     rng = random.Random(0)
     c_d, rest = 3e-4, 7e-4  # decoder and search seconds per step that no module carries
     rows = []
-    for _ in range(12):
+    for _ in range(16):
         steps = 16
-        q = dict(enc_macs=rng.uniform(1e8, 3e8), enc_modules=rng.randint(0, 16),
-                 dec_macs=rng.uniform(1e5, 1e7), dec_sublayers=rng.randint(0, 6), steps=steps)
-        encoder = TABLE["encoder_mac_s"] * q["enc_macs"] + TABLE["encoder_module_s"] * q["enc_modules"] + TABLE["utterance_s"]
-        decoder = (TABLE["decoder_mac_s"] * q["dec_macs"] + TABLE["decoder_sublayer_s"] * steps * q["dec_sublayers"]
-                   + c_d * steps)
+        q = dict(fe_macs=rng.uniform(1e7, 2e8), block_macs=rng.uniform(1e8, 3e8),
+                 enc_modules={k: rng.randint(0, 4) for k in ENCODER_ATTRS},
+                 dec_macs=rng.uniform(1e5, 1e7), dec_sublayers={k: rng.randint(0, 2) for k in DECODER_ATTRS},
+                 steps=steps)
+        encoder = (TABLE["frontend_mac_s"] * q["fe_macs"] + TABLE["encoder_mac_s"] * q["block_macs"] + TABLE["utterance_s"]
+                   + sum(TABLE["encoder_module_s"][k] * n for k, n in q["enc_modules"].items()))
+        decoder = (TABLE["decoder_mac_s"] * q["dec_macs"] + c_d * steps
+                   + sum(TABLE["decoder_sublayer_s"][k] * steps * n for k, n in q["dec_sublayers"].items()))
         rows.append(dict(q, encoder=encoder, decoder=decoder, total=encoder + decoder + rest * steps))
     table = fit(rows, beam=4, threads=1)
-    for name in ("encoder_mac_s", "encoder_module_s", "decoder_mac_s", "decoder_sublayer_s", "utterance_s"):
+    for name in ("frontend_mac_s", "encoder_mac_s", "decoder_mac_s", "utterance_s"):
         assert getattr(table, name) == pytest.approx(TABLE[name], rel=1e-6), name
+    for name in ("encoder_module_s", "decoder_sublayer_s"):
+        for kind, value in TABLE[name].items():
+            assert getattr(table, name)[kind] == pytest.approx(value, rel=1e-6), (name, kind)
     assert table.step_s == pytest.approx(c_d + rest, rel=1e-6)
 
 
@@ -121,13 +140,16 @@ def test_table_errors_name_the_file_and_key(tmp_path):
     bad.write_text(yaml.safe_dump({k: v for k, v in TABLE.items() if k != "step_s"}))
     with pytest.raises(ValueError, match=r"latency.yaml: .*missing keys \['step_s'\]"):
         LatencyTable.from_conf(bad)
+    bad.write_text(yaml.safe_dump(dict(TABLE, decoder_sublayer_s=dict(self_attn=1.0, ffn=1.0))))
+    with pytest.raises(ValueError, match=r"latency.yaml: decoder_sublayer_s must map each of \['self_attn', 'src_attn', 'ffn'\]"):
+        LatencyTable.from_conf(bad)
     with pytest.raises(ValueError, match=r"latency table .*nowhere.yaml: cannot read it"):
         LatencyTable.from_conf(tmp_path / "nowhere.yaml")
 
 
 def test_decode_target_without_a_table_is_refused(gated_asr):
     model, _ = gated_asr
-    with pytest.raises(ValueError, match=r"model_conf.target.decode needs a latency table"):
+    with pytest.raises(ValueError, match=r"a decode target or bound needs a latency table \(model_conf.latency_table"):
         build_selector(model, "decode", 0.3)
 
 

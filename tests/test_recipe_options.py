@@ -76,6 +76,11 @@ def fake_stage3_outputs(work: Path) -> None:
      "exp/mini/prune_params0.3_0.5_0.7/final_gated/model.pth: not found (made by stage 5)"),
     (["--stage", "7", "--prune_targets", "0.3 0.7", "--family", "true"], {},
      "exp/mini/family_params0.7/final/model.pth: not found (made by stage 6)"),
+    (["--decode_bound", "1.5"], {}, "--decode_bound=1.5 must be in [0, 1)"),
+    (["--prune_targets", "0.3 0.5", "--family", "true", "--decode_bound", "0.4"], {},
+     "--decode_bound holds one target's decode cost; a family has no bound"),
+    (["--stage", "5", "--decode_bound", "0.4"], {},
+     "--decode_bound 0.4: conf/smoke/prune_asr_conformer.yaml has no model_conf.latency_table"),
     (["--stage", "5", "--prune_config", "conf/smoke/train_asr_conformer.yaml"], {},
      "conf/smoke/train_asr_conformer.yaml: encoder_conf.output_size: the architecture comes from the teacher"),
 ])

@@ -279,3 +279,27 @@ def test_every_timed_decode_reads_its_own_copy_of_the_input(setup, tmp_path):
                             record=lambda m, i, out: seen.append(out))
     assert torch.equal(x, original)  # the caller's input is untouched
     assert len(seen) == 2 * 2 * 3 and all(h == expected for h in seen)
+
+
+def test_decode_cost_column_prices_each_model_with_the_latency_table(setup, tmp_path):
+    """--latency_table: each model's predicted decode seconds, the module-call overheads of
+    the modules it keeps counted by hand on the built model (the pruned model drops some)."""
+    table = dict(frontend_mac_s=0.0, encoder_mac_s=0.0, encoder_module_s=dict(ffn1=1.0, mha=1.0, conv=1.0, ffn2=1.0),
+                 decoder_mac_s=0.0, decoder_sublayer_s=dict(self_attn=0.0, src_attn=0.0, ffn=0.0),
+                 step_s=0.5, utterance_s=2.0, beam=2, seconds=1.0, steps=4)
+    path = tmp_path / "latency.yaml"
+    path.write_text(yaml.safe_dump(table))
+    rep = report.main(_argv(setup, tmp_path, "--latency_utts", "0", "--latency_table", str(path)))
+    kept = {name: sum(getattr(layer, m) is not None for layer in model.encoder.encoders
+                      for m in ("self_attn", "feed_forward", "feed_forward_macaron", "conv_module"))
+            for name, model in setup["models"].items()}
+    assert kept["pruned"] < kept["baseline"]
+    rows = {r["name"]: r for r in rep["models"]}
+    for name in ("baseline", "pruned"):  # 1 s per module, 0.5 s per step for 4 steps, 2 s per utterance
+        assert rows[name]["decode_cost_s"] == pytest.approx(kept[name] + 0.5 * 4 + 2.0)
+    assert rows["pruned"]["decode_cost_ratio"] == pytest.approx((kept["pruned"] + 4) / (kept["baseline"] + 4))
+    md = (tmp_path / "RESULTS.md").read_text()
+    head, md_rows = _summary_rows(md)
+    assert head[-2:] == ["decode cost ratio", "RTF ratio"]
+    assert md_rows["pruned"]["decode cost ratio"] == f"{rows['pruned']['decode_cost_ratio']:.3f}"
+    assert "**decode cost ratio**: one decode's seconds predicted by the latency table" in md

@@ -35,15 +35,18 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from espnet_prune.cost.latency import LatencyTable, decode_seconds
+from espnet_prune.cost.latency import DECODER_SUBLAYERS, ENCODER_MODULES, LatencyTable, decode_seconds
 
 
 def structure_args(args: argparse.Namespace, blocks: Sequence[Dict[str, int]],
-                   layers: Sequence[Dict[str, int]]) -> argparse.Namespace:
-    """Training args of the model with these block and decoder layer structures."""
+                   layers: Sequence[Dict[str, int]], channels: Sequence[int] = ()) -> argparse.Namespace:
+    """Training args of the model with these block and decoder layer structures (and these
+    front-end conv channels, if any)."""
     out = copy.deepcopy(args)
     out.encoder = "pruned_conformer"
     out.encoder_conf = dict(args.encoder_conf, block_structures=list(blocks))
+    if channels:
+        out.encoder_conf["subsampling_channels"] = list(channels)
     out.decoder = "pruned_transformer"
     out.decoder_conf = dict(args.decoder_conf, layer_structures=list(layers))
     return out
@@ -54,7 +57,10 @@ def random_structures(args: argparse.Namespace, n: int, seed: int) -> List[argpa
     probability ``p`` (uniform in [0, 0.8]) and a largest share ``m`` (1/8 or 1); each
     module is removed with probability ``p``, else keeps a uniform random number of units
     up to ``m`` of them: module counts and sizes vary independently, so that the fit can
-    tell a module's call overhead from its arithmetic."""
+    tell a module's call overhead from its arithmetic. Every front-end conv keeps a random
+    number of its channels."""
+    from espnet_prune.cost.subsampling import SUBSAMPLING_CONVS
+
     rng = random.Random(seed)
     enc, dec = args.encoder_conf, args.decoder_conf
     h, u, d = enc["attention_heads"], enc["linear_units"], enc["output_size"]
@@ -72,25 +78,26 @@ def random_structures(args: argparse.Namespace, n: int, seed: int) -> List[argpa
                   for _ in range(enc["num_blocks"])]
         layers = [{"self_heads": size(dh), "src_heads": size(dh), "ffn_units": size(du)}
                   for _ in range(dec.get("num_blocks", 6))]
-        out.append(structure_args(args, blocks, layers))
+        convs = SUBSAMPLING_CONVS.get(enc.get("input_layer", "conv2d"), ())
+        out.append(structure_args(args, blocks, layers, [rng.randint(1, d) for _ in convs]))
     return out
 
 
 def quantities(model: torch.nn.Module, args: argparse.Namespace, seconds: float, fps: float,
-               steps: int) -> Tuple[float, int, float, int]:
-    """(encoder MACs, kept encoder modules, decoder MACs of one hypothesis for ``steps``
-    steps, kept decoder sublayers) of a built model: what the table prices."""
+               steps: int) -> Tuple[float, float, Dict[str, int], float, Dict[str, int]]:
+    """(front-end MACs, block MACs, kept encoder modules per kind, decoder MACs of one
+    hypothesis for ``steps`` steps, kept decoder sublayers per kind) of a built model: what a
+    table prices."""
     from espnet_prune.bin.profile import encoder_dims_and_structure
     from espnet_prune.cost import frontend_cost, structure_cost
-    from espnet_prune.structure import MODULES
-    from espnet_prune.targets import decoder_sublayer_count, dense_decoder_macs
+    from espnet_prune.targets import decoder_sublayer_counts, dense_decoder_macs
 
     dims, structure = encoder_dims_and_structure(model, args)
-    enc_macs = float(structure_cost(dims, structure, seconds, fps)["macs"])
-    modules = sum(block.units(name) > 0 for block in structure for name in MODULES)
+    cost = structure_cost(dims, structure, seconds, fps)
+    modules = {kind: sum(block.units(kind) > 0 for block in structure) for kind in ENCODER_MODULES}
     t_enc = frontend_cost(dims, int(round(seconds * fps)))[2]
-    return (enc_macs, modules, dense_decoder_macs(model.decoder, t_enc, steps),
-            decoder_sublayer_count(model.decoder))
+    return (float(cost["macs"] - cost["block_macs"]), float(cost["block_macs"]), modules,
+            dense_decoder_macs(model.decoder, t_enc, steps), decoder_sublayer_counts(model.decoder))
 
 
 def model_decode_seconds(model: torch.nn.Module, args: argparse.Namespace, table: LatencyTable,
@@ -108,13 +115,16 @@ def _nnls(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return x / scale
 
 
-def fit(rows: Sequence[Dict[str, float]], beam: int, threads: int) -> LatencyTable:
+def fit(rows: Sequence[Dict[str, float]], beam: int, threads: int, seconds: float = 0.0) -> LatencyTable:
     """The table fitted to measured decodes (rows of :func:`measure`)."""
     steps = np.array([r["steps"] for r in rows], float)
-    enc = _nnls(np.array([[r["enc_macs"], r["enc_modules"], 1.0] for r in rows]),
+    enc = _nnls(np.array([[r["fe_macs"], r["block_macs"], *(r["enc_modules"][k] for k in ENCODER_MODULES), 1.0]
+                          for r in rows]),
                 np.array([r["encoder"] for r in rows]))
-    dec = _nnls(np.array([[r["dec_macs"], r["steps"] * r["dec_sublayers"], r["steps"]] for r in rows]),
+    dec = _nnls(np.array([[r["dec_macs"], *(r["steps"] * r["dec_sublayers"][k] for k in DECODER_SUBLAYERS),
+                           r["steps"]] for r in rows]),
                 np.array([r["decoder"] for r in rows]))
+    n_enc, n_dec = len(ENCODER_MODULES), len(DECODER_SUBLAYERS)
     rest = np.array([r["total"] - r["encoder"] - r["decoder"] for r in rows]) / steps
     cpu = platform.processor() or platform.machine()
     try:
@@ -122,10 +132,13 @@ def fit(rows: Sequence[Dict[str, float]], beam: int, threads: int) -> LatencyTab
                    if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return LatencyTable(encoder_mac_s=float(enc[0]), encoder_module_s=float(enc[1]),
-                        decoder_mac_s=float(dec[0]), decoder_sublayer_s=float(dec[1]),
-                        step_s=float(dec[2] + float(np.mean(rest))), utterance_s=float(enc[2]),
-                        beam=beam, threads=threads, machine=cpu)
+    return LatencyTable(frontend_mac_s=float(enc[0]), encoder_mac_s=float(enc[1]),
+                        encoder_module_s={k: float(v) for k, v in zip(ENCODER_MODULES, enc[2:2 + n_enc])},
+                        decoder_mac_s=float(dec[0]),
+                        decoder_sublayer_s={k: float(v) for k, v in zip(DECODER_SUBLAYERS, dec[1:1 + n_dec])},
+                        step_s=float(dec[1 + n_dec] + float(np.mean(rest))), utterance_s=float(enc[2 + n_enc]),
+                        beam=beam, threads=threads, seconds=seconds, steps=int(rows[0]["steps"]),
+                        machine=cpu)
 
 
 def measure(configs: Sequence[argparse.Namespace], beam: int, seconds: float, fps: float,
@@ -160,7 +173,7 @@ def measure(configs: Sequence[argparse.Namespace], beam: int, seconds: float, fp
     for model, args, rs in zip(models, configs, runs):
         steps = rs[0]["steps"]
         q = quantities(model, args, seconds, fps, steps)
-        rows.append(dict(zip(("enc_macs", "enc_modules", "dec_macs", "dec_sublayers"), q),
+        rows.append(dict(zip(("fe_macs", "block_macs", "enc_modules", "dec_macs", "dec_sublayers"), q),
                          steps=steps, **{k: statistics.median(x[k] for x in rs)
                                          for k in ("total", "encoder", "decoder")}))
     return rows
@@ -207,14 +220,14 @@ def main(cmd: Optional[List[str]] = None) -> LatencyTable:
     print("|---|---|---|---|")
     errors = []
     for k, r in enumerate(held):
-        pred = decode_seconds(half, r["enc_macs"], r["enc_modules"], r["dec_macs"], r["dec_sublayers"], r["steps"])
+        pred = decode_seconds(half, r["fe_macs"], r["block_macs"], r["enc_modules"], r["dec_macs"],
+                              r["dec_sublayers"], r["steps"])
         errors.append(pred / r["total"] - 1)
         print(f"| {2 * k + 1} | {r['total'] * 1e3:.2f} | {pred * 1e3:.2f} | {errors[-1]:+.1%} |")
     print(f"# held-out mean |error| {np.mean(np.abs(errors)):.1%}, max {np.max(np.abs(errors)):.1%}")
-    table = fit(rows, a.beam, a.threads)
+    table = fit(rows, a.beam, a.threads, a.seconds)
     conf = table.as_dict()
-    conf["fit"] = dict(config=str(a.config), seconds=a.seconds, steps=rows[0]["steps"],
-                       structures=len(rows), held_out_mean_abs_error=round(float(np.mean(np.abs(errors))), 4),
+    conf["fit"] = dict(config=str(a.config), structures=len(rows), held_out_mean_abs_error=round(float(np.mean(np.abs(errors))), 4),
                        held_out_max_abs_error=round(float(np.max(np.abs(errors))), 4))
     atomic_write_text(a.output, yaml.safe_dump(conf, sort_keys=False))
     print(yaml.safe_dump(conf, sort_keys=False))

@@ -84,7 +84,7 @@ def header(r: Dict[str, Any]) -> List[str]:
                              reps=st["latency_repeats"], n=len(r["timing"]["utterances"]),
                              lset=st["latency_set"], inf=st["inference_config"] or "defaults",
                              dreps=st["decode_repeats"])
-          + " " + evidence.definitions(r), ""]
+          + latency_definition(r) + " " + evidence.definitions(r), ""]
     tu = r["timing"]
     if tu["utterances"]:
         L += [f"Timing inputs: {len(tu['utterances'])} utterances of `{tu['set']}`, "
@@ -96,6 +96,19 @@ def header(r: Dict[str, Any]) -> List[str]:
     return L
 
 
+def latency_definition(r: Dict[str, Any]) -> str:
+    """The decode cost's definition, when the report priced the models with a latency table."""
+    st = r["settings"]
+    if not st.get("latency_table"):
+        return ""
+    return (" **decode cost ratio**: one decode's seconds predicted by the latency table "
+            f"`{st['latency_table']}` (`espnet_prune.cost.latency`: per encoder MAC and kept "
+            "encoder module, per decoder MAC and kept decoder sublayer and step, per search step; "
+            "measured once on random structures by `python -m espnet_prune.bin.latency`, at the "
+            "utterance length and decoder steps it was measured with), over the reference's; "
+            "compare it with the measured **RTF ratio**.")
+
+
 def summary(r: Dict[str, Any]) -> List[str]:
     """One row per model: WER with intervals, size, cost and timing ratios."""
     st, rows = r["settings"], r["models"]
@@ -104,6 +117,9 @@ def summary(r: Dict[str, Any]) -> List[str]:
             + ["params (M)", "params ratio", "enc params (M)", f"enc MACs@{sec:g}s (G)",
                "MACs ratio", "dec MACs/token ratio", "inference MACs ratio", "enc latency ratio",
                "decode RTF (ESPnet decoder)", "decode RTF (fast decoder)", "RTF ratio"])
+    priced = any("decode_cost_ratio" in m for m in rows)
+    if priced:
+        head.insert(len(head) - 1, "decode cost ratio")
     L = ["## Summary", ""] + evidence.markdown_head(head)
     for m in rows:
         lat, dec = m.get("encoder_latency") or {}, m.get("decode") or {}
@@ -115,6 +131,8 @@ def summary(r: Dict[str, Any]) -> List[str]:
                     fmt(m["macs_ratio"], ".3f"), fmt(m.get("decoder_token_macs_ratio"), ".3f"),
                     fmt(m.get("inference_macs_ratio"), ".3f"), fmt(lat.get("ratio"), ".3f"),
                     fmt(esp.get("rtf"), ".3g"), fmt(fast_rtf, ".3g"), fmt(dec.get("ratio"), ".3f")])
+        if priced:
+            cells.insert(len(cells) - 1, fmt(m.get("decode_cost_ratio"), ".3f"))
         L.append(evidence.markdown_row(cells))
     pub = r.get("published")
     if pub:

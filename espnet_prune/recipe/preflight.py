@@ -10,7 +10,7 @@ without a problem it prints the pruning runs of stage 5, one line each, ``TAG KI
 (:func:`pruning_runs`: one run per target, or one run for a whole family):
 
 * the options themselves: a family (``--family true``) of at least two distinct targets of
-  one kind; whole numbers (``--stage``, ``--stop_stage``, ``--nj``, ``--ngpu``,
+  one kind, and no ``--decode_bound`` with it; whole numbers (``--stage``, ``--stop_stage``, ``--nj``, ``--ngpu``,
   ``--num_nodes``, ``--train_jobs``), ``--control`` true/false, the ``--baselines`` names,
   every ``--prune_targets`` entry (kind and value, as ``model_conf.target`` will), the
   ``cmd_backend`` of ``cmd.sh`` and multi-node training only through Slurm;
@@ -53,6 +53,13 @@ def option_problems(a: argparse.Namespace) -> List[str]:
         if len(set(a.prune_targets)) < 2 or len(set(a.prune_targets)) != len(a.prune_targets) or len(kinds) != 1:
             problems.append(f"--family true needs two or more distinct --prune_targets of one kind, "
                             f"got {' '.join(a.prune_targets) or 'none'}")
+    if a.decode_bound:
+        try:
+            parse_target({"decode": a.decode_bound}, "--decode_bound")
+        except ValueError as e:
+            problems.append(str(e).replace("--decode_bound.decode", "--decode_bound"))
+        if a.family == "true":
+            problems.append("--decode_bound holds one target's decode cost; a family has no bound")
     if not re.fullmatch(r"[1-9][0-9]*", a.train_jobs):
         problems.append(f"--train_jobs must be a positive integer, got '{a.train_jobs}'")
     if a.control not in ("true", "false"):
@@ -91,9 +98,17 @@ def input_problems(a: argparse.Namespace) -> List[str]:
         need(a.prune_config, "--prune_config")
         if Path(a.prune_config).exists():  # pruning options only: the architecture comes from the teacher
             try:
-                check_prune_options(load_config(Path(a.prune_config)), where=a.prune_config)
+                conf = load_config(Path(a.prune_config))
+                check_prune_options(conf, where=a.prune_config)
             except TeacherError as e:
                 problems.append(str(e))
+            else:
+                table = (conf.get("model_conf") or {}).get("latency_table")
+                if a.decode_bound and not table:
+                    problems.append(f"--decode_bound {a.decode_bound}: {a.prune_config} has no "
+                                    "model_conf.latency_table (python -m espnet_prune.bin.latency measures one)")
+                elif isinstance(table, str):
+                    need(table, f"model_conf.latency_table of {a.prune_config}")
     if (runs(6) and a.finetune == "true") or (control and runs(5)) or (a.baselines and runs(7)):
         need(a.finetune_config, "--finetune_config")
     if runs(8) or runs(9):
@@ -150,12 +165,23 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--fbank", choices=("true", "false"), required=True,
                    help="our features and tokens (stages 2-4); false with an imported teacher")
     p.add_argument("--prune_targets", nargs="*", default=[], help="KIND:VALUE entries")
+    p.add_argument("--decode_bound", default="", help="the decode bound of every pruning run, or ''")
     p.add_argument("--baselines", nargs="*", default=[])
     p.add_argument("--test_sets", nargs="*", default=[])
     return p
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # stdout carries the pruning runs only: whatever the checks' imports print goes to stderr
+    # (ESPnet prints "Failed to import Flash Attention ..." to stdout)
+    runs_out, sys.stdout = sys.stdout, sys.stderr
+    try:
+        return _main(argv, runs_out)
+    finally:
+        sys.stdout = runs_out
+
+
+def _main(argv: Optional[Sequence[str]], runs_out) -> int:
     a = get_parser().parse_args(argv)
     a.fbank = a.fbank == "true"
     problems = option_problems(a)
@@ -166,7 +192,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if problems:
         return 1
     for tag, targets in pruning_runs(a.prune_targets, a.family == "true"):
-        print(tag, *targets)
+        print(tag, *targets, file=runs_out)
     return 0
 
 

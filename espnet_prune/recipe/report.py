@@ -325,6 +325,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--macs_seconds", type=float, default=10.0, help="audio length for MACs")
     p.add_argument("--macs_tokens", type=int, default=40,
                    help="output tokens decoded for the inference MACs (one hypothesis)")
+    p.add_argument("--latency_table", default=None,
+                   help="latency table (espnet_prune.bin.latency): each model's predicted decode time")
     p.add_argument("--fast_decoder", type=str2bool, default=True,
                    help="also time each model with the fast exact decoder (espnet_prune.fast_decoding)")
     p.add_argument("--published", default=None, choices=sorted(PUBLISHED),
@@ -351,6 +353,14 @@ def build_rows(
     """
     from espnet_prune.model_io import build_asr_model
 
+    table = None
+    if a.latency_table:
+        from espnet_prune.cost.latency import LatencyTable
+
+        try:
+            table = LatencyTable.from_conf(a.latency_table)
+        except ValueError as e:
+            raise ReportError(f"--latency_table: {e}") from None
     raw = a.data_format == "raw"
     built = []
     rows: List[Dict[str, Any]] = []
@@ -374,6 +384,12 @@ def build_rows(
                 raise ReportError(f"{Path(a.data_dir) / latency_set / 'feats.scp'}: {utt} has "
                                   f"{mat.shape[1]}-dim features, {name} expects "
                                   f"{size['input_size']}")
+        if table is not None:  # at the utterance the table was measured on
+            from espnet_prune.bin.latency import model_decode_seconds
+
+            size["decode_cost_s"] = model_decode_seconds(
+                model, args, table, table.seconds or a.macs_seconds, a.frames_per_second,
+                table.steps or a.macs_tokens)
         built.append(model)
         rows.append({"name": name, "dir": str(d), **size, "wer": wers[name]})
     return built, rows
@@ -389,6 +405,8 @@ def add_ratios(rows: List[Dict[str, Any]]) -> None:
         r["macs_ratio"] = r["encoder_macs"] / base["encoder_macs"]
         r["decoder_token_macs_ratio"] = r["decoder_token_macs"] / base["decoder_token_macs"]
         r["inference_macs_ratio"] = r["inference_macs"] / base["inference_macs"]
+        if "decode_cost_s" in r:
+            r["decode_cost_ratio"] = r["decode_cost_s"] / base["decode_cost_s"]
         r["sparsity"] = {
             "params_whole_model": 1 - p["total"] / bp["total"],
             "params_encoder": 1 - p["encoder"] / bp["encoder"],
@@ -467,7 +485,7 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
             "decode_repeats": a.decode_repeats, "threads": a.threads,
             "frames_per_second": a.frames_per_second, "macs_seconds": a.macs_seconds,
             "macs_tokens": a.macs_tokens,
-            "fast_decoder": a.fast_decoder,
+            "fast_decoder": a.fast_decoder, "latency_table": a.latency_table,
         },
         "timing": timing_info,
         "statistics": evidence.attach_statistics(a, rows, utt_stats),

@@ -358,10 +358,12 @@ def frontend_frames_per_second(conf: Dict[str, Any]) -> float:
 
 
 def write_prune_config(teacher_dir: Path, prune_config: Path, output: Path,
-                       target: Optional[List[str]] = None) -> None:
+                       target: Optional[List[str]] = None, bound: Optional[str] = None) -> None:
     """Write the merged pruning config; the teacher is ``teacher_dir/{config.yaml,model.pth}``
     and ``target`` (``kind:value`` specs) sets ``model_conf.target``: ``{kind: value}`` for
-    one, ``{kind: [values]}`` for a family (:mod:`espnet_prune.family`, one kind)."""
+    one, ``{kind: [values]}`` for a family (:mod:`espnet_prune.family`, one kind); ``bound``
+    (``kind:value``) sets ``model_conf.bound`` (a ``decode`` bound needs the pruning config's
+    ``model_conf.latency_table``)."""
     teacher = load_config(Path(teacher_dir) / "config.yaml")
     conf = merge_configs(teacher, load_config(prune_config), where=str(prune_config))
     conf["model_conf"]["teacher_config"] = str(Path(teacher_dir) / "config.yaml")
@@ -372,6 +374,12 @@ def write_prune_config(teacher_dir: Path, prune_config: Path, output: Path,
         if len(kinds) != 1:
             raise TeacherError(f"--target {' '.join(target)}: a family's targets must have one kind")
         conf["model_conf"]["target"] = {kinds.pop(): values[0] if len(values) == 1 else values}
+    if bound:
+        kind, _, value = bound.partition(":")
+        if kind == "decode" and not conf["model_conf"].get("latency_table"):
+            raise TeacherError(f"--bound {bound}: {prune_config} has no model_conf.latency_table "
+                               "(python -m espnet_prune.bin.latency measures one)")
+        conf["model_conf"]["bound"] = {kind: float(value)}
     atomic_write_text(output, yaml.safe_dump(conf, sort_keys=False, allow_unicode=True))
 
 
@@ -465,6 +473,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     m.add_argument("--prune_config", type=Path, required=True)
     m.add_argument("--target", nargs="+", default=None, metavar="KIND:X",
                    help="one target, or several (of one kind) for a family")
+    m.add_argument("--bound", default=None, metavar="KIND:X",
+                   help="a second cost held at least at sparsity X (model_conf.bound)")
     m.add_argument("--output", type=Path, required=True)
     sh = sub.add_parser("shapes")
     sh.add_argument("--teacher_dir", type=Path, required=True)
@@ -482,7 +492,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         elif a.cmd == "check_prune_config":
             check_prune_options(load_config(a.prune_config), where=str(a.prune_config))
         elif a.cmd == "prune_config":
-            write_prune_config(a.teacher_dir, a.prune_config, a.output, a.target)
+            write_prune_config(a.teacher_dir, a.prune_config, a.output, a.target, a.bound)
         elif a.cmd == "shapes":
             write_shapes(a.teacher_dir, a.data_dir, a.out_dir)
         else:

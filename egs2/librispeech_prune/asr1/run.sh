@@ -35,6 +35,8 @@ target_kind=params        # kind of a bare number in --prune_targets (params: th
 finetune=true             # fine-tune each shrunk model with distillation
 family=false              # one pruning run trains every --prune_targets size at once (nested sizes,
                           # espnet_prune/family.py); each is shrunk from it and fine-tuned
+decode_bound=""           # e.g. 0.45: each pruned model also decodes in at most 1 - 0.45 of the dense
+                          # model's time, as the prune config's model_conf.latency_table prices it
 control=true              # train the equal-budget dense control (baseline_control)
 baselines=""              # same-size baselines, any of: scratch magnitude layerdrop
 train_jobs=2              # training runs at once in stages 5-7 (cores are split between them)
@@ -184,6 +186,7 @@ fbank=true; [ "$teacher_mode" = true ] && fbank=false
 pruning_runs=$(python -m espnet_prune.recipe.preflight --stage "$stage" --stop_stage "$stop_stage" --nj "$nj" \
     --ngpu "$ngpu" --num_nodes "$num_nodes" --train_jobs "$train_jobs" --control "$control" \
     --finetune "$finetune" --cmd_backend "$cmd_backend" --fbank "$fbank" --family "$family" \
+    --decode_bound "$decode_bound" \
     --prune_targets "${targets_checked[@]}" --baselines $baselines \
     --train_config "$train_config" --prune_config "$prune_config" --finetune_config "$finetune_config" \
     --inference_config "$inference_config" --data "$data" --train_set "$train_set" \

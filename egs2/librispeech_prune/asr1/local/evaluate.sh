@@ -60,6 +60,8 @@ report_stage() {  # stage 9: sclite-compatible scoring per model and set, then R
         for b in $baselines; do model_args+=(--pair "$(pruned_name "$t"):${b}_${tag}"); done
     done
     # shellcheck disable=SC2206
+    # the models' predicted decode times, when the pruning config prices them
+    table=$(latency_table "$prune_config"); [ -n "$table" ] && model_args+=(--latency_table "$table")
     report_args=("${model_args[@]}" --test_sets $test_sets \
         --data_dir "$dump" --decode_name "$inference_tag" --inference_config "$inference_config" \
         --latency_set "${test_sets##* }" --latency_utts "$latency_utts" --threads 1 \

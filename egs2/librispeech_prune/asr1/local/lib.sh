@@ -69,3 +69,6 @@ threads_for() {  # OpenMP threads of each of N concurrent jobs
     local n=$(( $1 < train_jobs ? $1 : train_jobs )); n=$(( n > 0 ? n : 1 ))
     echo $(( $(nproc) / n > 0 ? $(nproc) / n : 1 ))
 }
+
+# the latency table a pruning config reads (model_conf.latency_table), if it names a file
+latency_table() { python -c 'import sys, yaml; t = (yaml.safe_load(open(sys.argv[1])).get("model_conf") or {}).get("latency_table"); print(t if isinstance(t, str) else "")' "$1" 2>/dev/null || true; }

@@ -9,13 +9,22 @@ pruned_params() { python -c 'import json,sys; print(json.load(open(sys.argv[1]))
 
 prune_job() {  # prune_job OUT TARGET...: gated training distilled from the teacher -> OUT/final_gated
     local out=$1; shift  # (several targets: a family, every size trained at once)
-    if up_to_date "${out}/final_gated/model.pth" "${baseline}/final/model.pth" "$prune_config"; then
-        log "${out}: complete, skipped"; return 0
-    fi
     # the teacher's architecture + the pruning options, with the teacher's files and the target
     mkdir -p "$out"
+    local bound=(); [ -n "$decode_bound" ] && bound=(--bound "decode:${decode_bound}")
     python -m espnet_prune.recipe.teacher prune_config --teacher_dir "${baseline}/final" \
-        --prune_config "$prune_config" --target "$@" --output "${out}/prune_config.yaml"
+        --prune_config "$prune_config" --target "$@" "${bound[@]}" --output "${out}/prune_config.new.yaml"
+    if cmp -s "${out}/prune_config.new.yaml" "${out}/prune_config.yaml"; then
+        rm -f "${out}/prune_config.new.yaml"
+    else  # other options (e.g. --decode_bound): an interrupted run must not be resumed
+        [ -e "${out}/prune_config.yaml" ] && log "${out}: options changed, training anew" \
+            && rm -rf "${out}"/checkpoint.pth "${out}"/*epoch.pth "${out}"/latest.pth "${out}"/valid.*.pth "${out}/final_gated"
+        mv "${out}/prune_config.new.yaml" "${out}/prune_config.yaml"
+    fi
+    if up_to_date "${out}/final_gated/model.pth" "${baseline}/final/model.pth" "$prune_config" \
+        $(latency_table "${out}/prune_config.yaml"); then
+        log "${out}: complete, skipped"; return 0
+    fi
     train "$out" "${out}/prune_config.yaml"
     # the gates move until the end: keep the last epoch, not an average
     python -m espnet_prune.recipe.steps export --config "${out}/config.yaml" \

@@ -109,8 +109,11 @@ class FastBatchBeamSearch(BatchBeamSearch):
         for k, v in states.items():
             new_states[k] = [self.full_scorers[k].select_state(v, i) for i in prev]
         for k, v in part_states.items():
-            new_states[k] = [self.part_scorers[k].select_state(v, i, t)
-                             for i, t in zip(part_prev, part_token)]
+            scorer = self.part_scorers[k]
+            if hasattr(scorer, "batch_select_state"):  # (FastCTCPrefixScorer: one gather)
+                new_states[k] = scorer.batch_select_state(v, part_prev, part_token)
+            else:
+                new_states[k] = [scorer.select_state(v, i, t) for i, t in zip(part_prev, part_token)]
         return BatchHypothesis(
             yseq=yseq, score=weighted[prev, token],
             length=torch.full((len(prev),), yseq.size(1), dtype=torch.int64),

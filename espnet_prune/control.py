@@ -27,9 +27,10 @@ up) and :meth:`~SparsityControl.after` (the loss term and the logged values):
 * **a bound** (``bound: {decode: 0.45}`` beside one target): a second cost's expected
   sparsity ``s_b`` is held *at least* at its ramped bound ``t_b`` by the one-sided term
 
-  ``lambda_b * h + k_p / 2 * h^2``, ``h = max(0, t_b - s_b)``
+  ``lambda_b * h + k_b / 2 * h^2``, ``h = max(0, t_b - s_b)``
 
-  (``lambda_b`` maximised like ``lambda1``; it grows only while the bound is violated). The
+  (``lambda_b`` maximised like ``lambda1``; it grows only while the bound is violated;
+  ``k_b``, ``bound_p_gain``, defaults to ``k_p``: a larger one holds the bound closer). The
   eval structure is the target's; the bound's sparsity of that structure is logged
   (``eval_bound_sparsity``).
 
@@ -76,6 +77,7 @@ class SparsityControl:
             (None: never).
         bound: ``(kind, sparsity)`` of a cost held at least at that sparsity (one target
             only), or None.
+        bound_p_gain: ``k_b`` of the bound's term (None: ``p_gain``).
     """
 
     #: training forwards between two evaluations of the exact-target structure for
@@ -84,7 +86,8 @@ class SparsityControl:
 
     def __init__(self, model: torch.nn.Module, kind: str, targets: List[float], ctx: CostContext,
                  warmup_steps: int, p_gain: float, fixed_after: Optional[int] = None,
-                 bound: Optional[Tuple[str, float]] = None) -> None:
+                 bound: Optional[Tuple[str, float]] = None,
+                 bound_p_gain: Optional[float] = None) -> None:
         self.model, self.kind, self.ctx = model, kind, ctx
         self.state = model.pruning
         self.fixed_after = fixed_after
@@ -103,6 +106,7 @@ class SparsityControl:
             self.family.attach(self.selector)
         self._last_eval_sparsity: Optional[float] = None
         self.bound = bound
+        self.bound_p_gain = self.p_gain if bound_p_gain is None else float(bound_p_gain)
         self._last_eval_bound: Optional[float] = None
         self.bound_selector = None if bound is None else build_selector(model, bound[0], bound[1], ctx)
 
@@ -225,7 +229,7 @@ class SparsityControl:
         ramped = self.bound[1] * frac  # from 0: the one-sided term is idle while the bound is met
         short = torch.relu(ramped - expected)
         lam = _GradReverse.apply(self.state.lambda_bound)
-        loss = lam * short + 0.5 * self.p_gain * short * short
+        loss = lam * short + 0.5 * self.bound_p_gain * short * short
         step = int(self.state.num_updates)
         if not training or self._last_eval_bound is None or step % self.EVAL_SPARSITY_EVERY == 0:
             self._last_eval_bound = self.bound_selector.sparsity_of(self.selector.selection())

@@ -237,6 +237,12 @@ class CTCPrefixScoreFast:
         return PrefixState(score=step.log_psi[hyp, token], step=step, hyp=int(hyp),
                            token=int(token))
 
+    def select_many(self, step: ScoredStep, hyps: torch.Tensor, tokens: torch.Tensor) -> List[PrefixState]:
+        """:meth:`select` of each ``(hyps[i], tokens[i])``, with one gather of the scores."""
+        scores = step.log_psi[hyps, tokens].unbind(0)
+        return [PrefixState(score=s, step=step, hyp=h, token=t)
+                for s, h, t in zip(scores, hyps.tolist(), tokens.tolist())]
+
     # ------------------------------------------------------------------ streaming
 
     def extend_prob(self, logp: torch.Tensor) -> None:
@@ -332,6 +338,11 @@ class FastCTCPrefixScorer(CTCPrefixScorer):
                             x: torch.Tensor) -> Tuple[torch.Tensor, ScoredStep]:
         states = None if state[0] is None else list(state)
         return self.impl(y, states, ids)
+
+    def batch_select_state(self, state: ScoredStep, ids: torch.Tensor, new_ids: torch.Tensor) -> List[PrefixState]:
+        """``[select_state(state, i, t) for i, t in zip(ids, new_ids)]`` of a batch search step,
+        in one gather (:class:`~espnet_prune.batch_search.FastBatchBeamSearch` calls it)."""
+        return self.impl.select_many(state, ids, new_ids)
 
     def select_state(self, state: Any, i: int, new_id: Optional[int] = None) -> Any:
         if isinstance(state, ScoredStep):  # BatchBeamSearch: hypothesis i + token new_id

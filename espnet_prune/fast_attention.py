@@ -76,8 +76,9 @@ class MemoryKVCache:
             if att is None:
                 continue
             for mod in (att.linear_k, att.linear_v, att.k_norm):
-                for p in mod.parameters(recurse=False):
-                    key.append((p.data_ptr(), tensor_version(p), p.dtype))
+                for p in mod._parameters.values():  # (mod.parameters() costs a generator per call)
+                    if p is not None:
+                        key.append((p.data_ptr(), tensor_version(p), p.dtype))
         return tuple(key)
 
     @staticmethod

@@ -46,7 +46,7 @@ from espnet.nets.pytorch_backend.transformer.embedding import (
 )
 from espnet2.asr.decoder.transformer_decoder import TransformerDecoder
 
-from espnet_prune.decoder_layer import cached_query, run_sublayers
+from espnet_prune.decoder_layer import apply_dropout, cached_query, run_sublayers
 from espnet_prune.fast_attention import (
     LayerKV,
     MemoryKVCache,
@@ -235,13 +235,15 @@ class FastTransformerDecoder(TransformerDecoder):
         x = ys[:, start:]
         for m in modules[:-1]:
             x = m(x)
-        pos.extend_pe(x.new_zeros(()).expand(1, ys.size(1)))
+        table = pos.pe
+        if table is None or table.size(1) < ys.size(1) or table.dtype != x.dtype or table.device != x.device:
+            pos.extend_pe(x.new_zeros(()).expand(1, ys.size(1)))  # (what ESPnet's forward does)
         pe = pos.pe[:, start:ys.size(1)]
         if type(pos) is ScaledPositionalEncoding:
             x = x + pos.alpha * pe
         else:
             x = x * pos.xscale + pe
-        return pos.dropout(x)
+        return apply_dropout(pos.dropout, x)
 
     def _output(self, x_last: Tensor) -> Tuple[Tensor, Tensor]:
         """``(B, d)`` last-position output -> (log-probs ``(B, V)`` or hidden, hidden ``(B, d)``)."""

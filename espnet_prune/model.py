@@ -122,6 +122,7 @@ class ESPnetPruneASRModel(ESPnetASRModel):
             at most 0.55 of the dense model's time. Its multiplier pushes only while the
             expected sparsity is below the (ramped) bound; the eval structure is the
             target's.
+        bound_p_gain: proportional gain of the bound's term (default: ``sparsity_p_gain``).
         latency_table: YAML file (or mapping) of the latency table that prices the
             ``decode`` cost (:mod:`espnet_prune.cost.latency`); needed for ``decode``.
         cost_seconds / cost_frames_per_second / cost_tokens: reference input of the MACs
@@ -155,6 +156,7 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         sparsity_p_gain: float = 1000.0,
         family_fixed_after: Optional[int] = None,
         bound: Optional[Dict[str, float]] = None,
+        bound_p_gain: Optional[float] = None,
         latency_table: Optional[Any] = None,
         **kwargs: Any,
     ) -> None:
@@ -185,6 +187,8 @@ class ESPnetPruneASRModel(ESPnetASRModel):
         if sparsity_p_gain < 0:
             raise ValueError(f"model_conf.sparsity_p_gain={sparsity_p_gain} must be >= 0")
         self.sparsity_p_gain = float(sparsity_p_gain)
+        if bound_p_gain is not None and float(bound_p_gain) < 0:
+            raise ValueError(f"model_conf.bound_p_gain={bound_p_gain} must be >= 0")
         self.target_warmup_steps = int(target_warmup_steps)
         if family_fixed_after is not None and (int(family_fixed_after) < 0 or len(self.family_targets) < 2):
             raise ValueError(f"model_conf.family_fixed_after={family_fixed_after}: a number of training "
@@ -221,7 +225,7 @@ class ESPnetPruneASRModel(ESPnetASRModel):
             control = SparsityControl(self, self.target_kind, self.family_targets, self.cost_ctx,
                                       self.target_warmup_steps, self.sparsity_p_gain,
                                       None if family_fixed_after is None else int(family_fixed_after),
-                                      bound=self.bound)
+                                      bound=self.bound, bound_p_gain=bound_p_gain)
             object.__setattr__(self, "control", control)
             object.__setattr__(self, "selector", control.selector)
             object.__setattr__(self, "family", control.family)

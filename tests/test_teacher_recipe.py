@@ -384,3 +384,19 @@ def test_run_sh_stops_before_any_stage(fake_teacher, tmp_path):
     assert not (work / "exp").exists() and not (work / "data").exists()
     proc = run_recipe(work, "--conf_dir", "conf/smoke", "--teacher_config", str(config), "--stage", "5")
     assert proc.returncode != 0 and "--teacher_config and --teacher_model go together" in proc.stderr
+
+
+def test_prune_config_writes_the_target_and_the_decode_bound(fake_teacher, tmp_path):
+    config, _, prune_path = fake_teacher["write"]()
+    out = tmp_path / "merged.yaml"
+    with pytest.raises(T.TeacherError, match=r"--bound decode:0.4: .*prune.yaml has no model_conf.latency_table"):
+        T.write_prune_config(config.parent, prune_path, out, ["params:0.5"], "decode:0.4")
+    assert not out.exists()
+    prune = yaml.safe_load(prune_path.read_text())
+    prune["model_conf"]["latency_table"] = "conf/latency.yaml"
+    prune_path.write_text(yaml.safe_dump(prune))
+    T.write_prune_config(config.parent, prune_path, out, ["params:0.5"], "decode:0.4")
+    merged = yaml.safe_load(out.read_text())
+    assert merged["model_conf"]["target"] == {"params": 0.5}
+    assert merged["model_conf"]["bound"] == {"decode": 0.4}
+    assert merged["model_conf"]["latency_table"] == "conf/latency.yaml"

@@ -72,3 +72,17 @@ threads_for() {  # OpenMP threads of each of N concurrent jobs
 
 # the latency table a pruning config reads (model_conf.latency_table), if it names a file
 latency_table() { python -c 'import sys, yaml; t = (yaml.safe_load(open(sys.argv[1])).get("model_conf") or {}).get("latency_table"); print(t if isinstance(t, str) else "")' "$1" 2>/dev/null || true; }
+
+# a training dir's checkpoint older than an input of its run (the model it starts from, its
+# config) belongs to another run: it is dropped, not resumed (an interrupted run resumes)
+drop_stale_checkpoint() {  # drop_stale_checkpoint DIR INPUT...
+    local out=$1; shift
+    [ -e "${out}/checkpoint.pth" ] || return 0
+    local f; for f in "$@"; do
+        if [ -e "$f" ] && [ "$f" -nt "${out}/checkpoint.pth" ]; then
+            log "${out}: ${f} is newer than its checkpoint: training anew"
+            rm -rf "${out}"/checkpoint.pth "${out}"/*epoch.pth "${out}"/latest.pth "${out}"/valid.*.pth
+            return 0
+        fi
+    done
+}

@@ -14,17 +14,18 @@ prune_job() {  # prune_job OUT TARGET...: gated training distilled from the teac
     local bound=(); [ -n "$decode_bound" ] && bound=(--bound "decode:${decode_bound}")
     python -m espnet_prune.recipe.teacher prune_config --teacher_dir "${baseline}/final" \
         --prune_config "$prune_config" --target "$@" "${bound[@]}" --output "${out}/prune_config.new.yaml"
+    # rewritten only when the options changed (e.g. --decode_bound): then the run is stale
     if cmp -s "${out}/prune_config.new.yaml" "${out}/prune_config.yaml"; then
         rm -f "${out}/prune_config.new.yaml"
-    else  # other options (e.g. --decode_bound): an interrupted run must not be resumed
-        [ -e "${out}/prune_config.yaml" ] && log "${out}: options changed, training anew" \
-            && rm -rf "${out}"/checkpoint.pth "${out}"/*epoch.pth "${out}"/latest.pth "${out}"/valid.*.pth "${out}/final_gated"
+    else
         mv "${out}/prune_config.new.yaml" "${out}/prune_config.yaml"
     fi
-    if up_to_date "${out}/final_gated/model.pth" "${baseline}/final/model.pth" "$prune_config" \
-        $(latency_table "${out}/prune_config.yaml"); then
+    local inputs=("${baseline}/final/model.pth" "$prune_config" "${out}/prune_config.yaml")
+    local table; table=$(latency_table "${out}/prune_config.yaml"); [ -n "$table" ] && inputs+=("$table")
+    if up_to_date "${out}/final_gated/model.pth" "${inputs[@]}"; then
         log "${out}: complete, skipped"; return 0
     fi
+    drop_stale_checkpoint "$out" "${inputs[@]}"
     train "$out" "${out}/prune_config.yaml"
     # the gates move until the end: keep the last epoch, not an average
     python -m espnet_prune.recipe.steps export --config "${out}/config.yaml" \
@@ -37,6 +38,7 @@ control_job() {  # the teacher trained on for as many updates as pruning + fine-
         log "${out}: complete, skipped"; return 0
     fi
     mkdir -p "$out"
+    drop_stale_checkpoint "$out" "${baseline}/final/model.pth" "$train_config" "$prune_config" "$finetune_config"
     python -m espnet_prune.recipe.same_size control_config --train_config "$train_config" \
         --prune_config "$prune_config" --finetune_config "$finetune_config" --output "${out}/train.yaml"
     train "$out" "${out}/train.yaml" --init_param "${baseline}/final/model.pth"
@@ -58,6 +60,7 @@ finetune_job() {  # finetune_job DIR EPOCHS [train args]: DIR/shrunk -> distille
         log "${out}/final: complete, skipped"; return 0
     fi
     mkdir -p "$ft"
+    drop_stale_checkpoint "$ft" "${out}/shrunk/model.pth" "$finetune_config"
     python -m espnet_prune.recipe.steps finetune_config --shrunk_config "${out}/shrunk/config.yaml" \
         --finetune_config "$finetune_config" --output "${ft}/train.yaml"
     train "$ft" "${ft}/train.yaml" --init_param "${out}/shrunk/model.pth" --max_epoch "$n_epochs" \
@@ -112,6 +115,7 @@ same_size_job() {  # same_size_job METHOD TARGET: a baseline of the pruned model
                 log "${out}: complete, skipped"; return 0
             fi
             mkdir -p "$out"
+            drop_stale_checkpoint "$out" "${pruned}/shrunk/model.pth" "$train_config"
             python -m espnet_prune.recipe.same_size scratch_config --teacher_dir "${baseline}/final" \
                 --train_config "$train_config" --params "$n" --output "${out}/train.yaml" | tail -n 1 > "${out}/size.json"
             train "$out" "${out}/train.yaml" \

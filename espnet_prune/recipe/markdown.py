@@ -48,7 +48,7 @@ DEFINITIONS = (
     "fast exact decode that the recipe decodes with (**fast decoder**, "
     "`espnet_prune.fast_decoding`: same hypotheses; encoder keys/values computed once per "
     "utterance, CTC prefix scores without ESPnet's Python loop over frames, the search step "
-    "vectorised), all interleaved in one run; **RTF ratio** is "
+    "vectorised and stopped once the 1-best is decided), all interleaved in one run; **RTF ratio** is "
     "the fast-decoder RTF (ESPnet's when the fast decoder is off) over the reference's, "
     "**fast / ESPnet** the two decoders' time ratio per model. Absolute times depend on the "
     "machine and its load; compare ratios."

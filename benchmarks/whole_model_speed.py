@@ -24,7 +24,6 @@ issue's bar at 10 s, beam 20: <= 0.10).
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 import time
@@ -40,19 +39,17 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 def half_structure_args(args):
     """Training args of the uniform half-size pruned model."""
-    enc = dict(args.encoder_conf)
+    from espnet_prune.bin.latency import structure_args
+    from espnet_prune.cost.subsampling import SUBSAMPLING_CONVS
+
+    enc, dec = args.encoder_conf, args.decoder_conf
     h, u, d = enc["attention_heads"], enc["linear_units"], enc["output_size"]
-    n_convs = {"conv2d": 2, "conv2d1": 2, "conv2d2": 2, "conv2d6": 2, "conv2d8": 3}[enc.get("input_layer", "conv2d")]
     block = {"heads": h // 2, "ffn1_units": u // 2 if enc.get("macaron_style") else 0,
              "ffn2_units": u // 2, "conv_channels": d // 2 if enc.get("use_cnn_module", True) else 0}
-    enc.update(block_structures=[block] * enc["num_blocks"], subsampling_channels=[d // 2] * n_convs)
-    dec = dict(args.decoder_conf)
     dh, du = dec.get("attention_heads", 4), dec.get("linear_units", 2048)
-    dec["layer_structures"] = [{"self_heads": dh // 2, "src_heads": dh // 2, "ffn_units": du // 2}] * dec["num_blocks"]
-    out = copy.deepcopy(args)
-    out.encoder, out.encoder_conf = "pruned_conformer", enc
-    out.decoder, out.decoder_conf = "pruned_transformer", dec
-    return out
+    layer = {"self_heads": dh // 2, "src_heads": dh // 2, "ffn_units": du // 2}
+    channels = [d // 2] * len(SUBSAMPLING_CONVS[enc.get("input_layer", "conv2d")])
+    return structure_args(args, [block] * enc["num_blocks"], [layer] * dec["num_blocks"], channels)
 
 
 def encoder_macs(model, args, frames: int) -> float:

@@ -118,8 +118,18 @@ class SparsityControl:
         if self.warmup_steps == 0:
             return final
         start = max(0.0, min(float(self.state.ramp_start), final))
-        frac = min(1.0, float(self.state.num_updates) / self.warmup_steps)
-        return start + (final - start) * frac
+        return start + (final - start) * self.ramp_fraction()
+
+    def ramp_fraction(self) -> float:
+        """How far the ramps are, in [0, 1]: training forwards over ``warmup_steps``."""
+        if self.warmup_steps == 0:
+            return 1.0
+        return min(1.0, float(self.state.num_updates) / self.warmup_steps)
+
+    def _eval_due(self, training: bool, last: Optional[float]) -> bool:
+        """Recompute a logged eval-structure value: in eval mode, the first time, and every
+        :attr:`EVAL_SPARSITY_EVERY` training forwards."""
+        return not training or last is None or int(self.state.num_updates) % self.EVAL_SPARSITY_EVERY == 0
 
     def expected_sparsity(self) -> Tensor:
         """Differentiable expected sparsity of the target's cost (at the gates' current shift)."""
@@ -136,8 +146,7 @@ class SparsityControl:
 
     def logged_eval_sparsity(self, training: bool) -> float:
         """:meth:`eval_sparsity`, recomputed every :attr:`EVAL_SPARSITY_EVERY` training forwards."""
-        step = int(self.state.num_updates)
-        if not training or self._last_eval_sparsity is None or step % self.EVAL_SPARSITY_EVERY == 0:
+        if self._eval_due(training, self._last_eval_sparsity):
             self._last_eval_sparsity = self.eval_sparsity()
         return self._last_eval_sparsity
 
@@ -225,13 +234,11 @@ class SparsityControl:
         """The one-sided term that keeps the bound's expected sparsity at least at its
         ramped value, and its logged values."""
         expected = self.bound_selector.expected_sparsity().to(torch.float32)
-        frac = 1.0 if self.warmup_steps == 0 else min(1.0, float(self.state.num_updates) / self.warmup_steps)
-        ramped = self.bound[1] * frac  # from 0: the one-sided term is idle while the bound is met
+        ramped = self.bound[1] * self.ramp_fraction()  # from 0: idle while the bound is met
         short = torch.relu(ramped - expected)
         lam = _GradReverse.apply(self.state.lambda_bound)
         loss = lam * short + 0.5 * self.bound_p_gain * short * short
-        step = int(self.state.num_updates)
-        if not training or self._last_eval_bound is None or step % self.EVAL_SPARSITY_EVERY == 0:
+        if self._eval_due(training, self._last_eval_bound):
             self._last_eval_bound = self.bound_selector.sparsity_of(self.selector.selection())
         return loss, dict(
             bound_sparsity=expected.detach(),

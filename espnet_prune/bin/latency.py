@@ -26,16 +26,15 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import random
 import statistics
-from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from espnet_prune.cost.latency import DECODER_SUBLAYERS, ENCODER_MODULES, LatencyTable, decode_seconds
+from espnet_prune.recipe.measure import cpu_model
 
 
 def structure_args(args: argparse.Namespace, blocks: Sequence[Dict[str, int]],
@@ -126,19 +125,13 @@ def fit(rows: Sequence[Dict[str, float]], beam: int, threads: int, seconds: floa
                 np.array([r["decoder"] for r in rows]))
     n_enc, n_dec = len(ENCODER_MODULES), len(DECODER_SUBLAYERS)
     rest = np.array([r["total"] - r["encoder"] - r["decoder"] for r in rows]) / steps
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     return LatencyTable(frontend_mac_s=float(enc[0]), encoder_mac_s=float(enc[1]),
                         encoder_module_s={k: float(v) for k, v in zip(ENCODER_MODULES, enc[2:2 + n_enc])},
                         decoder_mac_s=float(dec[0]),
                         decoder_sublayer_s={k: float(v) for k, v in zip(DECODER_SUBLAYERS, dec[1:1 + n_dec])},
                         step_s=float(dec[1 + n_dec] + float(np.mean(rest))), utterance_s=float(enc[2 + n_enc]),
                         beam=beam, threads=threads, seconds=seconds, steps=int(rows[0]["steps"]),
-                        machine=cpu)
+                        machine=cpu_model())
 
 
 def measure(configs: Sequence[argparse.Namespace], beam: int, seconds: float, fps: float,

@@ -160,6 +160,17 @@ def time_decoders(
     return out, repeatable
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), else what ``platform`` says."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(threads: int) -> Dict[str, Any]:
     import torch
 
@@ -169,14 +180,6 @@ def environment(threads: int) -> Dict[str, Any]:
         espnet_version = espnet.__version__
     except Exception:  # noqa: BLE001
         espnet_version = "unknown"
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     git = None
     try:
         git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
@@ -192,7 +195,7 @@ def environment(threads: int) -> Dict[str, Any]:
         "espnet": espnet_version,
         "espnet_prune": espnet_prune.__version__,
         "git": git,
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
         "platform": platform.platform(),

@@ -54,6 +54,7 @@ mini_n_train=1500
 mini_n_dev=500
 mini_n_test=1000
 mini_seed=0
+mini_n_ood=0              # > 0: also the out-of-distribution sets ood, ood_noisy (add them to --test_sets)
 # prune a model trained by ESPnet's own recipes (README "Prune your existing ESPnet model")
 teacher_config=""         # its config.yaml: architecture, frontend, normalization, tokens
 teacher_model=""          # its weights, e.g. valid.acc.ave.pth
@@ -198,7 +199,8 @@ family_run=""; [ "$family" = true ] && family_run=${exp}/prune_${pruning_runs%% 
 if runs 1 && { [ "$teacher_mode" = false ] || [ -z "$dump_dir" ]; }; then
     banner 1 "data preparation (${dataset})"
     local/data.sh --dataset "$dataset" --data "$data" --nj "$nj" \
-        --mini_n_train "$mini_n_train" --mini_n_dev "$mini_n_dev" --mini_n_test "$mini_n_test" --mini_seed "$mini_seed"
+        --mini_n_train "$mini_n_train" --mini_n_dev "$mini_n_dev" --mini_n_test "$mini_n_test" --mini_seed "$mini_seed" \
+        --mini_n_ood "$mini_n_ood"
 fi
 
 if [ "$teacher_mode" = true ]; then

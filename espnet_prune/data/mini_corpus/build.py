@@ -2,7 +2,7 @@
 
 :func:`make_corpus` is the driver (layout and guarantees: see the package docstring);
 it checks the output against ``config.json``, synthesises the missing wavs in forked
-children (:func:`_run_forked`), writes each split's Kaldi files and finally ``.done``.
+children (:func:`run_synthesis`), writes each split's Kaldi files and finally ``.done``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _synth_one(synth: Synthesizer, utt: Utterance, out_wav: Path, cfg: CorpusCon
     write_wav(out_wav, y)
 
 
-def _run_forked(synth: Synthesizer, jobs: List[Job], cfg: CorpusConfig, nj: int,
+def run_synthesis(synth: Synthesizer, jobs: List[Job], cfg: CorpusConfig, nj: int,
                 log: Callable[[str], None]) -> None:
     """Synthesise each job in its own forked child, at most ``nj`` at a time.
 
@@ -219,7 +219,7 @@ def make_corpus(
     t_syn = time.time()
     import scipy.signal  # noqa: F401  (import once here, not in every forked child)
 
-    _run_forked(synth, jobs, cfg, max(1, nj), log)
+    run_synthesis(synth, jobs, cfg, max(1, nj), log)
     t_syn = time.time() - t_syn
 
     n_utts = {split: _write_split(out, split, plan) for split in SPLITS}

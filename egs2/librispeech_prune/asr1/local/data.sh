@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Stage 1: Kaldi data dirs (wav.scp, text, utt2spk, spk2utt, utt2dur) under $data.
-#   mini:            synthesize the TTS corpus (data/mini/{train,dev,test})
+#   mini:            synthesize the TTS corpus (data/mini/{train,dev,test}); with --mini_n_ood N
+#                    also the out-of-distribution sets data/mini/{ood,ood_noisy} (unseen voices
+#                    and speaking rates; a reverberant copy with pink noise at 5-10 dB SNR)
 #   librispeech_100: download + prepare train-clean-100, dev/test clean/other; dev = dev_clean + dev_other
 #   librispeech:     the same with all 960 h of training data
 set -euo pipefail
@@ -13,6 +15,7 @@ mini_n_train=1500
 mini_n_dev=150
 mini_n_test=200
 mini_seed=0
+mini_n_ood=0
 while [ $# -gt 0 ]; do
     key=${1#--}; [ $# -ge 2 ] || { log "missing value for $1"; exit 1; }
     declare -p "$key" >/dev/null 2>&1 || { log "unknown option $1"; exit 1; }
@@ -25,6 +28,9 @@ case $dataset in
         # restartable by itself: a complete corpus with the same settings is left alone
         python -m espnet_prune.data.mini_corpus --out_dir "$data" --nj "$nj" --seed "$mini_seed" \
             --n_train "$mini_n_train" --n_dev "$mini_n_dev" --n_test "$mini_n_test"
+        if [ "$mini_n_ood" -gt 0 ]; then
+            python -m espnet_prune.data.mini_corpus.ood --corpus_dir "$data" --n_utts "$mini_n_ood" --nj "$nj"
+        fi
         ;;
     librispeech_100|librispeech)
         subsets="dev-clean dev-other test-clean test-other train-clean-100"

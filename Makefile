@@ -23,10 +23,15 @@ test: $(STAMP)
 demo: $(STAMP)
 	cd egs2/librispeech_prune/asr1 && ./run.sh --dataset mini
 
-# demo + targets 0.3 / 0.5 / 0.7 and the same-size baselines (reuses what demo made).
+# Does pruning beat training small? In its own work dir (exp/mini_compare; reuses demo's data):
+# a teacher trained to convergence, targets 0.3 / 0.5 / 0.7, the equal-budget control, the
+# same-size baselines (scratch models also to convergence), two more seeds of the pruned and
+# scratch models at 0.5, and the out-of-distribution test sets. About 150 minutes on 2 cores.
 compare: $(STAMP)
-	cd egs2/librispeech_prune/asr1 && ./run.sh --dataset mini --prune_targets "0.3 0.5 0.7" \
-		--baselines "scratch magnitude layerdrop"
+	cd egs2/librispeech_prune/asr1 && ./run.sh --dataset mini --exp_dir exp/mini_compare \
+		--train_config conf/mini/train_asr_conformer_converge.yaml \
+		--prune_targets "0.3 0.5 0.7" --baselines "scratch magnitude layerdrop" \
+		--seeds "1 2" --seed_targets 0.5 --mini_n_ood 400 --test_sets "dev test ood ood_noisy"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -15,8 +15,6 @@ from espnet_prune.data import mini_corpus as mc
 from espnet_prune.data.kaldi_dir import read_data_dir
 from espnet_prune.data.mini_corpus import ood
 
-pytest.register_assert_rewrite("recipe_fixtures")
-from recipe_fixtures import TINY  # noqa: E402
 
 pytest_plugins = ["recipe_fixtures"]
 

@@ -236,3 +236,24 @@ def test_control_config_has_the_pruning_budget(tmp_path):
         same_size.control_config(train, prune, bad)
     with pytest.raises(ValueError, match="max_epoch must be a positive integer"):
         same_size.max_epoch(write("none.yaml", batch_size=16))
+
+
+def test_converging_teacher_config_gives_converging_scratch_and_a_fixed_control(tmp_path, teacher_dir,
+                                                                                teacher):
+    # a teacher trained to convergence (ESPnet's patience): the scratch model is trained the
+    # same way (its own stopping, max_epoch only a cap); the control keeps an exact budget
+    teacher_model, _ = teacher
+    stop = {"patience": 4, "early_stopping_criterion": ["valid", "acc", "max"],
+            "val_scheduler_criterion": ["valid", "acc"]}
+    fixed = {"max_epoch": 10, "batch_size": 16}
+    for name, extra in (("conv.yaml", stop), ("fixed.yaml", {})):
+        (tmp_path / name).write_text(yaml.safe_dump({**fixed, **extra, "max_epoch": 60 if extra else 10}))
+    want = int(0.5 * count_params(teacher_model))
+    conf, _ = same_size.scratch_config(teacher_dir, tmp_path / "conv.yaml", want, budget_epochs=17)
+    assert conf["max_epoch"] == 60 and conf["patience"] == 4 and same_size.converges(conf)
+    conf, _ = same_size.scratch_config(teacher_dir, tmp_path / "fixed.yaml", want, budget_epochs=17)
+    assert conf["max_epoch"] == 17 and not same_size.converges(conf)
+    for name, extra in (("prune.yaml", {"max_epoch": 5}), ("ft.yaml", {"max_epoch": 2})):
+        (tmp_path / name).write_text(yaml.safe_dump({"batch_size": 16, **extra}))
+    control = same_size.control_config(tmp_path / "conv.yaml", tmp_path / "prune.yaml", tmp_path / "ft.yaml")
+    assert control["max_epoch"] == 7 and not set(stop) & set(control)

@@ -81,6 +81,12 @@ def fake_stage3_outputs(work: Path) -> None:
      "--decode_bound holds one target's decode cost; a family has no bound"),
     (["--stage", "5", "--decode_bound", "0.4"], {},
      "--decode_bound 0.4: conf/smoke/prune_asr_conformer.yaml has no model_conf.latency_table"),
+    (["--seeds", "1 x"], {}, "--seeds x: not a whole number"),
+    (["--seeds", "1 1"], {}, "--seeds 1 1: a seed given twice"),
+    (["--seeds", "1", "--seed_targets", "0.3"], {},
+     "--seed_targets params:0.3: not one of --prune_targets (params:0.5)"),
+    (["--prune_targets", "0.3 0.5", "--family", "true", "--seeds", "1"], {},
+     "--seeds trains separately pruned models again; with --family true there are none"),
     (["--stage", "5", "--prune_config", "conf/smoke/train_asr_conformer.yaml"], {},
      "conf/smoke/train_asr_conformer.yaml: encoder_conf.output_size: the architecture comes from the teacher"),
 ])

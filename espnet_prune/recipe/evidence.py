@@ -244,6 +244,13 @@ def write_plots(a: argparse.Namespace, report: Dict[str, Any]) -> Dict[str, Any]
                 f"{c.path}: no {', '.join(missing)} (not a pruning run's log?)")
         if c.approximate_steps:
             info.setdefault("approximate_steps", []).append(name)
+    scratch = [(f"{name} (stopped early)" if run["early_stopped"] else name, run["valid_acc"])
+               for name, c in (report.get("training") or {}).items() if not c["from_teacher"]
+               for run in c["runs"] if run["valid_acc"]]
+    if scratch:
+        path = plot_dir / "validation_accuracy.png"
+        plots.plot_validation_accuracy(scratch, path)
+        info["validation_accuracy"] = rel(path)
     if curves:
         path = plot_dir / "training_curves.png"
         plots.plot_training_curves(curves, path)
@@ -286,7 +293,7 @@ def wer_cell(wer: Dict[str, Any]) -> str:
     return f"{base} [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else base
 
 
-def _cmp_cells(c: Optional[Dict[str, Any]]) -> List[str]:
+def cmp_cells(c: Optional[Dict[str, Any]]) -> List[str]:
     if c is None:
         return ["-", "-"]
     lo, hi = c["delta_ci"]
@@ -312,9 +319,9 @@ def paired_section(report: Dict[str, Any]) -> List[str]:
             for r in rows:
                 pr = r["paired"][s]
                 cells = [cell(r["name"]), cell(s), wer_cell(r["wer"][s])]
-                cells += _cmp_cells(pr["vs_reference"])
+                cells += cmp_cells(pr["vs_reference"])
                 if ctrl:
-                    cells += _cmp_cells(pr["vs_control"])
+                    cells += cmp_cells(pr["vs_control"])
                 L.append(markdown_row(cells))
         L.append("")
         L += _pairs_table(report)
@@ -336,7 +343,7 @@ def _pairs_table(report: Dict[str, Any]) -> List[str]:
         for s in report["settings"]["test_sets"]:
             cells = [cell(a), cell(b), cell(s), wer_cell(by_name[a]["wer"][s]),
                      wer_cell(by_name[b]["wer"][s])]
-            L.append(markdown_row(cells + _cmp_cells(by_name[a]["paired"][s]["vs"][b])))
+            L.append(markdown_row(cells + cmp_cells(by_name[a]["paired"][s]["vs"][b])))
     return L + [""]
 
 
@@ -357,6 +364,11 @@ def plots_section(report: Dict[str, Any]) -> List[str]:
             L += [f"Pruning runs' expected sparsity vs the target, and lambda1 / lambda2, "
                   f"against the training step ({logs}):", "",
                   f"![training curves]({pl['training_curves']})", ""]
+        if pl.get("validation_accuracy"):
+            L += ["Validation accuracy per epoch of every model trained from scratch (the "
+                  "teacher, the same-size scratch models; \"stopped early\": by ESPnet's "
+                  "`patience`, see Training cost):", "",
+                  f"![validation accuracy per epoch]({pl['validation_accuracy']})", ""]
         for what, why in pl.get("skipped", {}).items():
             L.append(f"- no figure for {what}: {cell(why)}")
         if pl.get("skipped"):

@@ -57,7 +57,8 @@ DEFINITIONS = (
 
 def format_markdown(r: Dict[str, Any]) -> str:
     """The whole RESULTS.md."""
-    L = header(r) + summary(r) + evidence.paired_section(r) + sparsity(r) + timing(r)
+    L = header(r) + summary(r) + evidence.paired_section(r) + seed_spread(r) + training_cost(r)
+    L += sparsity(r) + timing(r)
     L += evidence.plots_section(r) + wer_tables(r)
     return "\n".join(L)
 
@@ -145,6 +146,77 @@ def summary(r: Dict[str, Any]) -> List[str]:
               + " WER; not reproduced here" + (
                   "" if pub["matched_sets"] else
                   " (none of --test_sets is named like these sets, so no cell is filled)") + "."]
+    L.append("")
+    return L
+
+
+def seed_spread(r: Dict[str, Any]) -> List[str]:
+    """Each seed group's WERs and spread, and the groups' differences against the spread."""
+    sd = r.get("seeds")
+    if not sd:
+        return []
+    sets = r["settings"]["test_sets"]
+    L = ["## Training seeds", "",
+         "The same model trained with other seeds (same teacher, data and config): each seed's "
+         "WER, their mean, sample standard deviation and range (max - min), in WER points. The "
+         "bootstrap intervals above cover the test set's sampling only; this is the training's "
+         "own spread.", ""]
+    L += evidence.markdown_head(["model (seeds)", "set", "WER per seed", "mean", "sd", "range"])
+    for name, g in sd["groups"].items():
+        for s in sets:
+            v = g["sets"][s]
+            L.append(evidence.markdown_row([
+                evidence.cell(f"{name} ({', '.join(g['members'])})"), s,
+                " / ".join(f"{w:.1f}" for w in v["wers"]), f"{v['mean']:.2f}", f"{v['sd']:.2f}",
+                f"{v['range']:.1f}"]))
+    L.append("")
+    if sd["pairs"]:
+        by_name = {m["name"]: m for m in r["models"]}
+        L += ["Pairs of seed groups: the difference of the mean WERs, the paired bootstrap of "
+              "the first seeds, and whether the difference exceeds the seed spread (every seed of "
+              "one model has a lower WER than every seed of the other).", ""]
+        L += evidence.markdown_head(["model", "other", "set", "mean ΔWER (model - other)",
+                                     "ΔWER, first seeds [CI]", "P(model better), first seeds",
+                                     "exceeds seed spread"])
+        for p in sd["pairs"]:
+            for s in sets:
+                c = p["sets"][s]
+                paired = (by_name[p["model"]].get("paired") or {}).get(s, {}).get("vs", {}).get(p["other"])
+                L.append(evidence.markdown_row(
+                    [evidence.cell(p["model"]), evidence.cell(p["other"]), s, f"{c['mean_delta']:+.2f}"]
+                    + evidence.cmp_cells(paired) + ["**yes**" if c["exceeds_spread"] else "no"]))
+        L.append("")
+    return L
+
+
+def training_cost(r: Dict[str, Any]) -> List[str]:
+    """Each model's training: epochs, stopping, CPU hours, the teacher's share."""
+    tc = r.get("training")
+    if not tc:
+        return []
+    ref = r["settings"]["reference_model"]
+    L = ["## Training cost", "",
+         "Epochs and CPU time (user + system, hours; `train_cost.json` of each training dir) of "
+         f"each model's own training runs; a model that starts from the teacher `{ref}` also "
+         "costs the teacher's training (**+ teacher**). **stopped by**: ESPnet's `patience` "
+         "(no better validation accuracy for that many epochs: converged by the config's "
+         "criterion) or `max_epoch`.", ""]
+    if ref in tc and not any(run["early_stopped"] for run in tc[ref]["runs"]):
+        L += [f"**The teacher `{ref}` is not trained to convergence** (it stopped at `max_epoch`): "
+              "every model that starts from it inherits its short schedule; `make compare` trains "
+              "one to convergence.", ""]
+    L += evidence.markdown_head(["model", "training runs (epochs, stopped by)", "epochs",
+                                 "CPU h", "+ teacher CPU h", "total CPU h"])
+
+    def hours(x: Optional[float]) -> str:
+        return fmt(None if x is None else x / 3600, ".2f")
+
+    for name, c in tc.items():
+        runs = ", ".join(f"`{run['dir']}` ({run['epochs']}, "
+                         f"{'patience' if run['early_stopped'] else 'max_epoch'})" for run in c["runs"])
+        L.append(evidence.markdown_row([
+            evidence.cell(name), evidence.cell(runs), str(c["epochs"]), hours(c["cpu_s"]),
+            hours(c.get("teacher_cpu_s")) if c["from_teacher"] else "-", hours(c["total_cpu_s"])]))
     L.append("")
     return L
 

@@ -7,6 +7,8 @@
   (:mod:`espnet_prune.recipe.kept`).
 * :func:`plot_training_curves`: expected sparsity against the target, lambda1 and lambda2
   against the training step, one line per pruning run (:mod:`espnet_prune.recipe.trainlog`).
+* :func:`plot_validation_accuracy`: validation accuracy against the epoch of the runs
+  trained from scratch (the teacher, same-size scratch models): converged or not.
 * :func:`plot_wer_vs_params`: WER against whole-model parameters, one point per model
   and test set, error bars the bootstrap confidence interval (:mod:`espnet_prune.recipe.stats`).
 
@@ -138,6 +140,25 @@ def plot_training_curves(curves: Sequence[Tuple[str, TrainCurve]], path: PathLik
     approx = any(c.approximate_steps for _, c in curves)
     axes[-1].set_xlabel("training step (updates)" + (", some epochs estimated" if approx else ""))
     axes[0].set_title("pruning: " + ", ".join(name for name, _ in panels), fontsize=10)
+    save_png(fig, path)
+
+
+def plot_validation_accuracy(curves: Sequence[Tuple[str, Sequence[Sequence[float]]]],
+                             path: PathLike) -> None:
+    """Validation accuracy against the epoch, one line per training run ``(label, [[epoch,
+    acc], ...])``: did the teacher and the models trained from scratch converge?"""
+    fig = _figure(7.0, 3.5)
+    ax = fig.subplots()
+    for i, (label, points) in enumerate(curves):
+        if points:
+            e, acc = zip(*points)
+            ax.plot(e, acc, "-", color=f"C{i % 10}", label=label, marker="." if len(e) < 60 else None)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.grid(True, alpha=0.3)
+    if ax.has_data():
+        ax.legend(fontsize=7)
+    ax.set_title("trained from scratch: validation accuracy per epoch", fontsize=10)
     save_png(fig, path)
 
 

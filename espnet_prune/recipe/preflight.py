@@ -10,7 +10,8 @@ without a problem it prints the pruning runs of stage 5, one line each, ``TAG KI
 (:func:`pruning_runs`: one run per target, or one run for a whole family):
 
 * the options themselves: a family (``--family true``) of at least two distinct targets of
-  one kind, and no ``--decode_bound`` with it; whole numbers (``--stage``, ``--stop_stage``, ``--nj``, ``--ngpu``,
+  one kind, and no ``--decode_bound`` or ``--seeds`` with it; distinct whole ``--seeds`` for
+  ``--seed_targets`` among ``--prune_targets``; whole numbers (``--stage``, ``--stop_stage``, ``--nj``, ``--ngpu``,
   ``--num_nodes``, ``--train_jobs``), ``--control`` true/false, the ``--baselines`` names,
   every ``--prune_targets`` entry (kind and value, as ``model_conf.target`` will), the
   ``cmd_backend`` of ``cmd.sh`` and multi-node training only through Slurm;
@@ -60,6 +61,14 @@ def option_problems(a: argparse.Namespace) -> List[str]:
             problems.append(str(e).replace("--decode_bound.decode", "--decode_bound"))
         if a.family == "true":
             problems.append("--decode_bound holds one target's decode cost; a family has no bound")
+    if a.seeds:
+        problems += [f"--seeds {seed}: not a whole number" for seed in a.seeds if not _whole(seed)]
+        if len(set(a.seeds)) != len(a.seeds):
+            problems.append(f"--seeds {' '.join(a.seeds)}: a seed given twice")
+        if a.family == "true":
+            problems.append("--seeds trains separately pruned models again; with --family true there are none")
+        problems += [f"--seed_targets {spec}: not one of --prune_targets ({' '.join(a.prune_targets)})"
+                     for spec in a.seed_targets if spec not in a.prune_targets]
     if not re.fullmatch(r"[1-9][0-9]*", a.train_jobs):
         problems.append(f"--train_jobs must be a positive integer, got '{a.train_jobs}'")
     if a.control not in ("true", "false"):
@@ -167,6 +176,8 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--prune_targets", nargs="*", default=[], help="KIND:VALUE entries")
     p.add_argument("--decode_bound", default="", help="the decode bound of every pruning run, or ''")
     p.add_argument("--baselines", nargs="*", default=[])
+    p.add_argument("--seeds", nargs="*", default=[], help="more training seeds of the --seed_targets")
+    p.add_argument("--seed_targets", nargs="*", default=[], help="KIND:VALUE entries of --prune_targets")
     p.add_argument("--test_sets", nargs="*", default=[])
     return p
 

@@ -38,6 +38,8 @@ What is measured (DESIGN section 4):
   and, with ``--fast_decoder true`` (the default), with the fast exact decoder the recipe
   decodes with (``decode``; :func:`espnet_prune.fast_decoding`), whose hypotheses are
   checked to be the same (``fast_decoder_same_hyps``).
+* training cost (epochs, CPU time, the teacher's share, converged or not) and the spread of
+  training seeds: :mod:`espnet_prune.recipe.training`.
 * WER confidence intervals, paired-bootstrap comparisons with the reference,
   ``--control`` and ``--pair`` models, and the PNG figures: :mod:`espnet_prune.recipe.evidence`.
 """
@@ -56,7 +58,7 @@ import numpy as np
 from espnet2.utils.types import str2bool
 
 from espnet_prune.fileio import atomic_write_text
-from espnet_prune.recipe import evidence, markdown, measure
+from espnet_prune.recipe import evidence, markdown, measure, training
 from espnet_prune.recipe.options import parse_named_paths
 
 #: Published results (reference rows, not reproduced here).
@@ -331,6 +333,11 @@ def get_parser() -> argparse.ArgumentParser:
                    help="also time each model with the fast exact decoder (espnet_prune.fast_decoding)")
     p.add_argument("--published", default=None, choices=sorted(PUBLISHED),
                    help="add published reference rows")
+    p.add_argument("--training", action="append", default=[], metavar="NAME=[teacher+]DIR[,DIR]",
+                   help="the training dirs that made --model NAME, for its training cost "
+                        "(teacher+: it starts from the reference model; repeatable)")
+    p.add_argument("--seed_group", action="append", default=[], metavar="NAME=OTHER[,OTHER]",
+                   help="--model NAME and its retrainings with other seeds (repeatable)")
     p.add_argument("--output", required=True, help="Markdown output (RESULTS.md)")
     p.add_argument("--json", default=None, help="JSON output")
     evidence.add_options(p)  # --control, --pair, --bootstrap_*, --confidence, --plots*, --train_log
@@ -429,7 +436,13 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
         raise ReportError("--frames_per_second and --macs_seconds must be positive")
     wers = {name: {s: read_wer(result_path(d, a.decode_name, s)) for s in a.test_sets}
             for name, d in models}
-    evidence.check_options(a, [name for name, _ in models])
+    names = [name for name, _ in models]
+    evidence.check_options(a, names)
+    try:
+        trainings = training.parse_training(a.training, names)
+        groups = training.parse_seed_groups(a.seed_group, names)
+    except training.TrainingError as e:
+        raise ReportError(str(e)) from None
     utt_stats = evidence.read_statistics(a, models, wers)  # per-utterance errors, checked
     latency_set = a.latency_set or a.test_sets[-1]
     timing = a.latency_utts > 0
@@ -491,6 +504,16 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
         "statistics": evidence.attach_statistics(a, rows, utt_stats),
         "models": rows,
     }
+    if trainings:
+        try:
+            report["training"] = training.training_costs(trainings, names[0])
+        except training.TrainingError as e:
+            raise ReportError(str(e)) from None
+    if groups:
+        spread = training.seed_spread(groups, rows, a.test_sets)
+        report["seeds"] = {"groups": spread, "pairs": [
+            {"model": x, "other": y, "sets": training.compare_groups(spread[x], spread[y])}
+            for x, y in evidence.parse_pairs(a.pair, names) if x in spread and y in spread]}
     if a.published:
         pub = PUBLISHED[a.published]
         report["published"] = {

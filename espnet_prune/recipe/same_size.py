@@ -82,6 +82,9 @@ def control_config(train_config: Path, prune_config: Path, finetune_config: Path
             conf.pop(key, None)
     e_prune, e_ft = max_epoch(prune_config), max_epoch(finetune_config)
     conf["max_epoch"] = e_prune + e_ft
+    conf.pop("patience", None)  # exactly as many updates: no early stopping
+    conf.pop("early_stopping_criterion", None)
+    conf.pop("val_scheduler_criterion", None)
     conf["optim"] = prune.get("optim", "adam")
     conf["optim_conf"] = dict(prune.get("optim_conf") or {})
     conf.pop("scheduler", None)
@@ -290,13 +293,27 @@ def scratch_dims(teacher: argparse.Namespace, params: int) -> Tuple[Dict[str, An
     return args.encoder_conf, (args.decoder_conf if teacher.decoder else {}), size
 
 
-def scratch_config(teacher_dir: Path, train_config: Path, params: int) -> Tuple[Dict[str, Any], int]:
-    """``train_config`` with the encoder / decoder sized by :func:`scratch_dims`."""
+def converges(conf: Dict[str, Any]) -> bool:
+    """Does a training config stop by itself (ESPnet's ``patience`` on an
+    ``early_stopping_criterion``), ``max_epoch`` only capping it?"""
+    return isinstance(conf.get("patience"), int) and bool(conf.get("early_stopping_criterion"))
+
+
+def scratch_config(teacher_dir: Path, train_config: Path, params: int,
+                   budget_epochs: Optional[int] = None) -> Tuple[Dict[str, Any], int]:
+    """``train_config`` with the encoder / decoder sized by :func:`scratch_dims`.
+
+    Trained as the teacher was: to convergence when ``train_config`` converges
+    (:func:`converges`), else for ``budget_epochs`` (the teacher's, pruning's and
+    fine-tuning's epochs: the pruned model's whole training budget).
+    """
     from espnet_prune.model_io import load_train_args
 
     teacher = load_train_args(Path(teacher_dir) / "config.yaml")
     enc, dec, size = scratch_dims(teacher, params)
     conf = read_yaml(train_config)
+    if budget_epochs is not None and not converges(conf):
+        conf["max_epoch"] = int(budget_epochs)
     conf["encoder_conf"] = {**(conf.get("encoder_conf") or {}), "output_size": enc["output_size"],
                             "linear_units": enc["linear_units"]}
     if dec:
@@ -351,6 +368,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     for name in ("--teacher_dir", "--train_config", "--output"):
         s.add_argument(name, type=Path, required=True)
     s.add_argument("--params", type=int, required=True)
+    s.add_argument("--budget_epochs", type=int, default=None,
+                   help="max_epoch unless the training config converges by itself")
     a = p.parse_args(argv)
     if a.cmd == "control_config":
         conf = control_config(a.train_config, a.prune_config, a.finetune_config)
@@ -364,7 +383,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     elif a.cmd == "layerdrop":
         print(json.dumps(layerdrop(a.teacher_dir, a.params, a.output_dir)))
     else:
-        conf, size = scratch_config(a.teacher_dir, a.train_config, a.params)
+        conf, size = scratch_config(a.teacher_dir, a.train_config, a.params, a.budget_epochs)
         atomic_write_text(a.output, yaml.safe_dump(conf, sort_keys=False))
         print(json.dumps({"params_requested": a.params, "params": size, "size_error": size / a.params - 1.0,
                           "encoder_conf": conf["encoder_conf"], "decoder_conf": conf.get("decoder_conf")}))

@@ -39,6 +39,8 @@ decode_bound=""           # e.g. 0.45: each pruned model also decodes in at most
                           # model's time, as the prune config's model_conf.latency_table prices it
 control=true              # train the equal-budget dense control (baseline_control)
 baselines=""              # same-size baselines, any of: scratch magnitude layerdrop
+seeds=""                  # more training seeds, e.g. "1 2": the pruned (and scratch) model of every
+seed_targets="0.5"        # --seed_targets target is trained again with each (prune_params0.5_seed1, ...)
 train_jobs=2              # training runs at once in stages 5-7 (cores are split between them)
 test_sets=""
 n_mels=80
@@ -181,13 +183,14 @@ control_dir=${exp}/baseline_control
 # ---------------------------------------------------------------- checks before any stage
 # every problem of the options, the configs and earlier stages' outputs, named, before any work
 targets_checked=(); for t in $prune_targets; do targets_checked+=("$(parse_target "$t")"); done
+seed_targets_checked=(); [ -n "$seeds" ] && for t in $seed_targets; do seed_targets_checked+=("$(parse_target "$t")"); done
 fbank=true; [ "$teacher_mode" = true ] && fbank=false
 # it prints the pruning runs of stage 5, "TAG KIND:VALUE..." a line: one per target, or one family
 # shellcheck disable=SC2086
 pruning_runs=$(python -m espnet_prune.recipe.preflight --stage "$stage" --stop_stage "$stop_stage" --nj "$nj" \
     --ngpu "$ngpu" --num_nodes "$num_nodes" --train_jobs "$train_jobs" --control "$control" \
     --finetune "$finetune" --cmd_backend "$cmd_backend" --fbank "$fbank" --family "$family" \
-    --decode_bound "$decode_bound" \
+    --decode_bound "$decode_bound" --seeds $seeds --seed_targets "${seed_targets_checked[@]}" \
     --prune_targets "${targets_checked[@]}" --baselines $baselines \
     --train_config "$train_config" --prune_config "$prune_config" --finetune_config "$finetune_config" \
     --inference_config "$inference_config" --data "$data" --train_set "$train_set" \
@@ -216,12 +219,18 @@ fi
 omp_threads_given=${OMP_NUM_THREADS-}
 if runs 5; then
     banner 5 "pruning: targets ${prune_targets} (teacher ${baseline}/final)$( [ "$control" = true ] && echo '; equal-budget control')"
-    n_jobs=$(wc -l <<< "$pruning_runs"); [ "$control" = true ] && n_jobs=$((n_jobs + 1))
+    n_jobs=$(( $(wc -l <<< "$pruning_runs") + $(wc -w <<< "$seeds") * $(wc -w <<< "$seed_targets") ))
+    [ "$control" = true ] && n_jobs=$((n_jobs + 1))
     export OMP_NUM_THREADS=${OMP_NUM_THREADS_TRAIN:-$(threads_for "$n_jobs")}
     while read -r tag targets; do
         # shellcheck disable=SC2086
-        start_job "prune ${tag}" prune_job "${exp}/prune_${tag}" $targets
+        start_job "prune ${tag}" prune_job "${exp}/prune_${tag}" "" $targets
     done <<< "$pruning_runs"
+    for s in $seeds; do
+        for t in $seed_targets; do
+            start_job "prune $(target_tag "$t") seed ${s}" prune_job "${exp}/prune_$(target_tag "$t")_seed${s}" "$s" "$(parse_target "$t")"
+        done
+    done
     [ "$control" = true ] && start_job "control" control_job
     wait_jobs
 fi
@@ -234,6 +243,7 @@ if runs 6; then
     else
         for t in $prune_targets; do start_job "shrink $t" shrink_job "$t"; done
     fi
+    for s in $seeds; do for t in $seed_targets; do start_job "shrink $t seed $s" shrink_job "$t" "$s"; done; done
     wait_jobs
 fi
 
@@ -243,6 +253,9 @@ if runs 7 && [ -n "$baselines" ]; then
     for t in $prune_targets; do
         for b in $baselines; do start_job "$b $t" same_size_job "$b" "$t"; done
     done
+    if [[ " $baselines " == *" scratch "* ]]; then
+        for s in $seeds; do for t in $seed_targets; do start_job "scratch $t seed $s" same_size_job scratch "$t" "$s"; done; done
+    fi
     wait_jobs
 fi
 if [ -n "$omp_threads_given" ]; then export OMP_NUM_THREADS=$omp_threads_given; else unset OMP_NUM_THREADS; fi
@@ -261,6 +274,13 @@ for t in $prune_targets; do
         models+=("prune_${tag}=${exp}/prune_${tag}/final")
     fi
     for b in $baselines; do models+=("${b}_${tag}=${exp}/${b}_${tag}/final"); done
+done
+for s in $seeds; do
+    for t in $seed_targets; do
+        tag=$(target_tag "$t")
+        models+=("prune_${tag}_seed${s}=${exp}/prune_${tag}_seed${s}/final")
+        [[ " $baselines " == *" scratch "* ]] && models+=("scratch_${tag}_seed${s}=${exp}/scratch_${tag}_seed${s}/final")
+    done
 done
 
 if runs 8; then banner 8 "decoding ${test_sets} with ${inference_config} (${nj} jobs, fast decoder: ${fast_decoder})"; decode_stage; fi

@@ -26,6 +26,12 @@ decode_stage() {  # stage 8: ESPnet's asr_inference (our fast decoder), split ov
     done
 }
 
+training_spec() {  # training_spec NAME PREFIX DIR...: "NAME=PREFIX" + the DIRs with a train.log
+    local name=$1 prefix=$2 d dirs=(); shift 2
+    for d in "$@"; do [ -f "${d}/train.log" ] && dirs+=("$d"); done
+    echo "${name}=${prefix}$(IFS=,; echo "${dirs[*]}")"
+}
+
 report_stage() {  # stage 9: sclite-compatible scoring per model and set, then RESULTS.md
     local m dir s dec spk spk_args results published model_args t tag b report_args png
     results=()
@@ -58,6 +64,31 @@ report_stage() {  # stage 9: sclite-compatible scoring per model and set, then R
         [ "$family" = true ] && [ -f "${exp}/prune_${tag}/final/model.pth" ] && model_args+=(--pair "family_${tag}:prune_${tag}")
         # each pruned model (or family member) against its same-size baselines, in the paired-bootstrap table
         for b in $baselines; do model_args+=(--pair "$(pruned_name "$t"):${b}_${tag}"); done
+    done
+    # each model's training runs (its cost; the teacher's share for those that start from it)
+    [ "$teacher_mode" = false ] && model_args+=(--training "$(training_spec baseline "" "$baseline")")
+    local name kind
+    for m in "${models[@]:1}"; do
+        name=${m%%=*}; dir=${m#*=}; dir=${dir%/*}
+        case $name in
+            baseline_control) model_args+=(--training "$(training_spec "$name" teacher+ "$dir")") ;;
+            scratch_*) model_args+=(--training "$(training_spec "$name" "" "$dir")") ;;
+            family_*_shrunk) model_args+=(--training "$(training_spec "$name" teacher+ "$family_run")") ;;
+            family_*) model_args+=(--training "$(training_spec "$name" teacher+ "$family_run" "${dir}/finetune")") ;;
+            prune_*) model_args+=(--training "$(training_spec "$name" teacher+ "$dir" "${dir}/finetune")") ;;
+            *) model_args+=(--training "$(training_spec "$name" teacher+ "${dir}/finetune")") ;;
+        esac
+    done
+    [ "$teacher_mode" = true ] && model_args=("${model_args[@]/teacher+/}")  # no teacher training here
+    # the retrainings with other seeds, beside the first seed's model
+    for t in $seed_targets; do
+        [ -n "$seeds" ] || break
+        for kind in prune scratch; do
+            [ "$kind" = scratch ] && [[ " $baselines " != *" scratch "* ]] && continue
+            local others=()
+            for s in $seeds; do others+=("${kind}_$(target_tag "$t")_seed${s}"); done
+            model_args+=(--seed_group "${kind}_$(target_tag "$t")=$(IFS=,; echo "${others[*]}")")
+        done
     done
     # shellcheck disable=SC2206
     # the models' predicted decode times, when the pruning config prices them

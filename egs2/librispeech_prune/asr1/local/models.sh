@@ -4,11 +4,14 @@
 epochs() { python -m espnet_prune.recipe.same_size epochs "$@"; }
 # the pruned model of a target: its family member, or its own pruning run
 pruned_name() { if [ "$family" = true ]; then echo "family_$(target_tag "$1")"; else echo "prune_$(target_tag "$1")"; fi; }
+# a training run's name with seed $2 (none: the config's seed): prune_params0.5 -> prune_params0.5_seed1
+seeded() { if [ -n "${2:-}" ]; then echo "$1_seed$2"; else echo "$1"; fi; }
+seed_args() { [ -n "${1:-}" ] && echo "--seed $1"; return 0; }
 # whole-model parameters of a pruned model (from its shrink summary)
 pruned_params() { python -c 'import json,sys; print(json.load(open(sys.argv[1]))["params_shrunk_model"])' "$1/shrunk/summary.json"; }
 
-prune_job() {  # prune_job OUT TARGET...: gated training distilled from the teacher -> OUT/final_gated
-    local out=$1; shift  # (several targets: a family, every size trained at once)
+prune_job() {  # prune_job OUT SEED TARGET...: gated training distilled from the teacher -> OUT/final_gated
+    local out=$1 seed=$2; shift 2  # (SEED "": the config's; several targets: a family, every size at once)
     # the teacher's architecture + the pruning options, with the teacher's files and the target
     mkdir -p "$out"
     local bound=(); [ -n "$decode_bound" ] && bound=(--bound "decode:${decode_bound}")
@@ -26,7 +29,8 @@ prune_job() {  # prune_job OUT TARGET...: gated training distilled from the teac
         log "${out}: complete, skipped"; return 0
     fi
     drop_stale_checkpoint "$out" "${inputs[@]}"
-    train "$out" "${out}/prune_config.yaml"
+    # shellcheck disable=SC2046
+    train "$out" "${out}/prune_config.yaml" $(seed_args "$seed")
     # the gates move until the end: keep the last epoch, not an average
     python -m espnet_prune.recipe.steps export --config "${out}/config.yaml" \
         --model "${out}/latest.pth" --output_dir "${out}/final_gated"
@@ -69,11 +73,11 @@ finetune_job() {  # finetune_job DIR EPOCHS [train args]: DIR/shrunk -> distille
     export_best "$ft" "${out}/final"
 }
 
-shrink_job() {  # shrink_job TARGET: final_gated -> shrunk (-> fine-tuned final)
+shrink_job() {  # shrink_job TARGET [SEED]: final_gated -> shrunk (-> fine-tuned final)
     local out
-    out=${exp}/prune_$(target_tag "$1")
+    out=${exp}/$(seeded "prune_$(target_tag "$1")" "${2:-}")
     shrink_into "$out" "${out}/final_gated"
-    finish_job "$out"
+    finish_job "$out" "${2:-}"
 }
 
 family_job() {  # family_job TARGET: one member, shrunk from the family's gated model
@@ -94,32 +98,35 @@ shrink_into() {  # shrink_into DIR GATED [shrink args]: the gated model GATED ->
     log "${out}/shrunk: $(grep -E '"(params_shrunk_model|params_sparsity)"' "${out}/shrunk/summary.json" | tr -d '\n ')"
 }
 
-finish_job() {  # finish_job DIR: DIR/shrunk -> DIR/final, fine-tuned unless --finetune false
+finish_job() {  # finish_job DIR [SEED]: DIR/shrunk -> DIR/final, fine-tuned unless --finetune false
     local out=$1
     if [ "$finetune" != true ]; then
         python -m espnet_prune.recipe.steps export --config "${out}/shrunk/config.yaml" \
             --model "${out}/shrunk/model.pth" --output_dir "${out}/final"
         return 0
     fi
-    finetune_job "$out" "$(epochs "$finetune_config")"
+    # shellcheck disable=SC2046
+    finetune_job "$out" "$(epochs "$finetune_config")" $(seed_args "${2:-}")
 }
 
-same_size_job() {  # same_size_job METHOD TARGET: a baseline of the pruned model's whole-model size
-    local method=$1 tag out n
-    tag=$(target_tag "$2"); out=${exp}/${method}_${tag}
+same_size_job() {  # same_size_job METHOD TARGET [SEED]: a baseline of the pruned model's whole-model size
+    local method=$1 tag out n seed=${3:-}
+    tag=$(target_tag "$2"); out=${exp}/$(seeded "${method}_${tag}" "$seed")
     local pruned=${exp}/$(pruned_name "$2")
     n=$(pruned_params "$pruned")
     case $method in
-        scratch)  # a smaller dense model trained from scratch for the whole budget
+        scratch)  # a smaller dense model trained from scratch as the teacher was: to convergence
+                  # when its config converges (patience), else for the pruned model's whole budget
             if up_to_date "${out}/final/model.pth" "${pruned}/shrunk/model.pth" "$train_config"; then
                 log "${out}: complete, skipped"; return 0
             fi
             mkdir -p "$out"
             drop_stale_checkpoint "$out" "${pruned}/shrunk/model.pth" "$train_config"
             python -m espnet_prune.recipe.same_size scratch_config --teacher_dir "${baseline}/final" \
-                --train_config "$train_config" --params "$n" --output "${out}/train.yaml" | tail -n 1 > "${out}/size.json"
-            train "$out" "${out}/train.yaml" \
-                --max_epoch "$(epochs "$train_config" "$prune_config" "$finetune_config")"
+                --train_config "$train_config" --params "$n" --output "${out}/train.yaml" \
+                --budget_epochs "$(epochs "$train_config" "$prune_config" "$finetune_config")" | tail -n 1 > "${out}/size.json"
+            # shellcheck disable=SC2046
+            train "$out" "${out}/train.yaml" $(seed_args "$seed")
             export_best "$out" "${out}/final" ;;
         magnitude|layerdrop)  # cut from the teacher, then fine-tuned like the pruned model
             if ! up_to_date "${out}/shrunk/model.pth" "${pruned}/shrunk/model.pth" "${baseline}/final/model.pth"; then

@@ -1,0 +1,114 @@
+"""Training cost, convergence and seed spread in RESULTS.md (espnet_prune.recipe.training),
+against hand-made train logs and cost records, on the two tiny models of test_report."""
+
+import json
+import statistics
+
+import pytest
+
+from espnet_prune.bin.asr_train import _option, record_cost
+from espnet_prune.recipe import plots, report, training
+from test_report import _argv, setup  # noqa: F401 - setup: the fixture
+
+
+def _train_dir(path, accs, early=False, costs=()):
+    """A training dir: ESPnet-style epoch lines with these validation accuracies, maybe an
+    early-stopping line, and ``train_cost.json`` records ``(cpu_s, wall_s)``."""
+    path.mkdir(parents=True)
+    lines = ["# python -m espnet_prune.bin.asr_train ...\n"]
+    for e, acc in enumerate(accs, 1):
+        lines.append(f"[h] t (trainer:394) INFO: {e}epoch results: [train] loss=1.0, acc=0.1, "
+                     f"total_count={10 * e}, [valid] loss=2.0, acc={acc}, total_count=3\n")
+    if early:
+        lines.append(f"[h] t (reporter:413) INFO: [Early stopping] valid.acc has not been improved "
+                     f"3 epochs continuously. The training was stopped at {len(accs)}epoch\n")
+    (path / "train.log").write_text("".join(lines))
+    for cpu, wall in costs:
+        record_cost(path, wall, cpu, True)
+    return path
+
+
+def test_train_dir_epochs_stopping_accuracy_and_cost(tmp_path):
+    d = _train_dir(tmp_path / "t", [0.5, 0.7, 0.69], early=True, costs=[(100.0, 60.0), (50.5, 30.0)])
+    run = training.read_train_dir(d)
+    assert run["epochs"] == 3 and run["early_stopped"]
+    assert run["valid_acc"] == [[1, 0.5], [2, 0.7], [3, 0.69]]
+    assert (run["cpu_s"], run["wall_s"]) == (150.5, 90.0)  # a resumed run adds up
+    assert json.loads((d / "train_cost.json").read_text())[1] == {
+        "wall_s": 30.0, "cpu_s": 50.5, "completed": True}
+    bare = training.read_train_dir(_train_dir(tmp_path / "b", [0.1]))
+    assert not bare["early_stopped"] and bare["cpu_s"] is None  # no record: unknown, not 0
+    (d / "train_cost.json").write_text('{"cpu": 1}')
+    with pytest.raises(training.TrainingError, match="train_cost.json"):
+        training.read_train_dir(d)
+
+
+def test_teacher_share_and_totals(tmp_path):
+    t = _train_dir(tmp_path / "teacher", [0.5], costs=[(3600.0, 1800.0)])
+    p = _train_dir(tmp_path / "prune", [0.4], costs=[(720.0, 400.0)])
+    f = _train_dir(tmp_path / "prune" / "finetune", [0.6, 0.7], costs=[(360.0, 200.0)])
+    s = _train_dir(tmp_path / "scratch", [0.2, 0.3, 0.4], costs=[(1800.0, 900.0)])
+    names = ["base", "pruned", "small"]
+    entries = training.parse_training(
+        [f"base={t}", f"pruned=teacher+{p},{f}", f"small={s}"], names)
+    c = training.training_costs(entries, "base")
+    assert c["pruned"]["epochs"] == 3 and c["pruned"]["cpu_s"] == 1080.0
+    assert c["pruned"]["teacher_cpu_s"] == 3600.0 and c["pruned"]["total_cpu_s"] == 4680.0
+    assert c["small"]["total_cpu_s"] == 1800.0 and "teacher_cpu_s" not in c["small"]
+    for bad, msg in ((f"nobody={t}", "not one of the --model names"), ("base", "expected NAME="),
+                     (f"base={tmp_path}", "train.log not found")):
+        with pytest.raises(training.TrainingError, match=msg):
+            training.parse_training([bad], names)
+    with pytest.raises(training.TrainingError, match="has no --training entry"):
+        training.training_costs(training.parse_training([f"pruned=teacher+{p}"], names), "base")
+
+
+def test_seed_spread_and_separation():
+    rows = [{"name": n, "wer": {"test": {"wer": w}}} for n, w in
+            (("p", 10.0), ("p1", 11.0), ("p2", 10.5), ("s", 11.5), ("s1", 12.5), ("s2", 10.9))]
+    groups = training.parse_seed_groups(["p=p1,p2", "s=s1,s2"], [r["name"] for r in rows])
+    spread = training.seed_spread(groups, rows, ["test"])
+    v = spread["p"]["sets"]["test"]
+    assert v["wers"] == [10.0, 11.0, 10.5] and v["mean"] == pytest.approx(10.5)
+    assert v["sd"] == pytest.approx(statistics.stdev([10.0, 11.0, 10.5])) and v["range"] == 1.0
+    c = training.compare_groups(spread["p"], spread["s"])["test"]
+    assert c["mean_delta"] == pytest.approx(10.5 - (11.5 + 12.5 + 10.9) / 3)
+    assert not c["exceeds_spread"]  # s2 (10.9) is below p1 (11.0): the ranges overlap
+    rows[5]["wer"]["test"]["wer"] = 11.1
+    spread = training.seed_spread(groups, rows, ["test"])
+    assert training.compare_groups(spread["s"], spread["p"])["test"]["exceeds_spread"]
+    for bad in ("p=", "p=p1,p1", "p=zz"):
+        with pytest.raises(training.TrainingError, match="--seed_group"):
+            training.parse_seed_groups([bad], [r["name"] for r in rows])
+
+
+def test_option_reader_of_the_training_wrapper():
+    assert _option(["--output_dir", "a", "--x", "1", "--output_dir=b"], "--output_dir") == "b"
+    assert _option(["--output_dirs", "a"], "--output_dir") is None
+
+
+def test_report_sections(setup, tmp_path):  # noqa: F811
+    t = _train_dir(tmp_path / "teacher", [0.5, 0.6, 0.6, 0.59], early=True, costs=[(7200.0, 3600.0)])
+    p = _train_dir(tmp_path / "prune", [0.55], costs=[(1800.0, 900.0)])
+    out = tmp_path / "out"
+    rep = report.main(_argv(setup, out, "--latency_utts", "0", "--bootstrap_samples", "200",
+                            "--training", f"baseline={t}", "--training", f"pruned=teacher+{p}",
+                            "--seed_group", "pruned=baseline", "--seed_group", "baseline=pruned",
+                            "--pair", "pruned:baseline"))
+    md = (out / "RESULTS.md").read_text()
+    cost = md.split("## Training cost", 1)[1].split("\n## ", 1)[0]
+    assert f"| baseline | `{t}` (4, patience) | 4 | 2.00 | - | 2.00 |" in cost
+    assert f"| pruned | `{p}` (1, max_epoch) | 1 | 0.50 | 2.00 | 2.50 |" in cost
+    seeds = md.split("## Training seeds", 1)[1].split("\n## ", 1)[0]
+    # test_report's hand-counted WERs: pruned 25.0 / 66.7, baseline 12.5 / 33.3
+    assert "| pruned (pruned, baseline) | test | 66.7 / 33.3 | 50.00 |" in seeds
+    # two groups of the same two models (in either order): no difference, ranges overlap
+    assert "| pruned | baseline | test | +0.00 | +33.33 [+33.33, +33.33] | 0.000 | no |" in seeds
+    g = rep["seeds"]["groups"]["pruned"]["sets"]["dev_clean"]
+    assert g["range"] == pytest.approx(12.5) and g["sd"] == pytest.approx(12.5 / 2 ** 0.5)
+    # the convergence figure: the model trained from scratch only (the teacher here)
+    assert rep["plots"]["validation_accuracy"] == "validation_accuracy.png"
+    assert (out / "validation_accuracy.png").read_bytes()[:8] == plots.PNG_SIGNATURE
+    assert "![validation accuracy per epoch](validation_accuracy.png)" in md
+    with pytest.raises(report.ReportError, match="--training"):
+        report.main(_argv(setup, out, "--latency_utts", "0", "--training", f"pruned={tmp_path}"))

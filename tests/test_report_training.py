@@ -8,7 +8,7 @@ import pytest
 
 from espnet_prune.bin.asr_train import _option, record_cost
 from espnet_prune.recipe import plots, report, training
-from test_report import _argv, setup  # noqa: F401 - setup: the fixture
+from test_report import _argv, _summary_rows, setup  # noqa: F401 - setup: the fixture
 
 
 def _train_dir(path, accs, early=False, costs=()):
@@ -99,6 +99,9 @@ def test_report_sections(setup, tmp_path):  # noqa: F811
     cost = md.split("## Training cost", 1)[1].split("\n## ", 1)[0]
     assert f"| baseline | `{t}` (4, patience) | 4 | 2.00 | - | 2.00 |" in cost
     assert f"| pruned | `{p}` (1, max_epoch) | 1 | 0.50 | 2.00 | 2.50 |" in cost
+    head, rows = _summary_rows(md)
+    assert head[-1] == "training CPU h (own + teacher)"
+    assert rows["pruned"][head[-1]] == "0.50 + 2.00" and rows["baseline"][head[-1]] == "2.00"
     seeds = md.split("## Training seeds", 1)[1].split("\n## ", 1)[0]
     # test_report's hand-counted WERs: pruned 25.0 / 66.7, baseline 12.5 / 33.3
     assert "| pruned (pruned, baseline) | test | 66.7 / 33.3 | 50.00 |" in seeds

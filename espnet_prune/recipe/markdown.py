@@ -121,6 +121,9 @@ def summary(r: Dict[str, Any]) -> List[str]:
     priced = any("decode_cost_ratio" in m for m in rows)
     if priced:
         head.insert(len(head) - 1, "decode cost ratio")
+    trained = r.get("training") or {}
+    if trained:
+        head.append("training CPU h (own + teacher)")
     L = ["## Summary", ""] + evidence.markdown_head(head)
     for m in rows:
         lat, dec = m.get("encoder_latency") or {}, m.get("decode") or {}
@@ -134,6 +137,8 @@ def summary(r: Dict[str, Any]) -> List[str]:
                     fmt(esp.get("rtf"), ".3g"), fmt(fast_rtf, ".3g"), fmt(dec.get("ratio"), ".3f")])
         if priced:
             cells.insert(len(cells) - 1, fmt(m.get("decode_cost_ratio"), ".3f"))
+        if trained:
+            cells.append(training_cell(trained.get(m["name"])))
         L.append(evidence.markdown_row(cells))
     pub = r.get("published")
     if pub:
@@ -189,6 +194,17 @@ def seed_spread(r: Dict[str, Any]) -> List[str]:
     return L
 
 
+def _hours(seconds: Optional[float]) -> str:
+    return fmt(None if seconds is None else seconds / 3600, ".2f")
+
+
+def training_cell(c: Optional[Dict[str, Any]]) -> str:
+    """``"0.50 + 2.00"`` (own + the teacher's CPU hours), ``"2.00"``, or ``-``."""
+    if c is None:
+        return "-"
+    return _hours(c["cpu_s"]) + (f" + {_hours(c.get('teacher_cpu_s'))}" if c["from_teacher"] else "")
+
+
 def training_cost(r: Dict[str, Any]) -> List[str]:
     """Each model's training: epochs, stopping, CPU hours, the teacher's share."""
     tc = r.get("training")
@@ -208,15 +224,12 @@ def training_cost(r: Dict[str, Any]) -> List[str]:
     L += evidence.markdown_head(["model", "training runs (epochs, stopped by)", "epochs",
                                  "CPU h", "+ teacher CPU h", "total CPU h"])
 
-    def hours(x: Optional[float]) -> str:
-        return fmt(None if x is None else x / 3600, ".2f")
-
     for name, c in tc.items():
         runs = ", ".join(f"`{run['dir']}` ({run['epochs']}, "
                          f"{'patience' if run['early_stopped'] else 'max_epoch'})" for run in c["runs"])
         L.append(evidence.markdown_row([
-            evidence.cell(name), evidence.cell(runs), str(c["epochs"]), hours(c["cpu_s"]),
-            hours(c.get("teacher_cpu_s")) if c["from_teacher"] else "-", hours(c["total_cpu_s"])]))
+            evidence.cell(name), evidence.cell(runs), str(c["epochs"]), _hours(c["cpu_s"]),
+            _hours(c.get("teacher_cpu_s")) if c["from_teacher"] else "-", _hours(c["total_cpu_s"])]))
     L.append("")
     return L
 

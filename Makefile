@@ -31,7 +31,7 @@ compare: $(STAMP)
 	cd egs2/librispeech_prune/asr1 && ./run.sh --dataset mini --exp_dir exp/mini_compare \
 		--train_config conf/mini/train_asr_conformer_converge.yaml \
 		--prune_targets "0.3 0.5 0.7" --baselines "scratch magnitude layerdrop" \
-		--seeds "1 2" --seed_targets 0.5 --mini_n_ood 400 --test_sets "dev test ood ood_noisy"
+		--seeds "1 2" --seed_targets 0.5 --mini_n_ood 400 --test_sets "test ood ood_noisy"
 
 clean-venv:
 	rm -rf $(VENV)

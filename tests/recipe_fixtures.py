@@ -37,12 +37,12 @@ RECIPE = REPO / "egs2/librispeech_prune/asr1"
 TINY = mc.CorpusConfig(n_train=24, n_dev=6, n_test=6, seed=3, n_train_speakers=4,
                        n_dev_speakers=2, n_test_speakers=2)
 
-#: test_recipe's run: every stage, the three same-size baselines, one decoded set (test;
-#: decoding dev too runs the same code on other files).
+#: test_recipe's run: every stage, the three same-size baselines, a second seed of the pruned
+#: and scratch models, one decoded set (test; decoding dev too runs the same code on other files).
 RECIPE_ARGS = [
     "--dataset", "mini", "--conf_dir", "conf/smoke", "--nj", "2", "--vocab_size", "30",
     "--mini_n_train", "64", "--mini_n_dev", "8", "--mini_n_test", "8", "--latency_utts", "2",
-    "--baselines", "scratch magnitude layerdrop", "--test_sets", "test",
+    "--baselines", "scratch magnitude layerdrop", "--test_sets", "test", "--seeds", "1",
 ]
 #: Longest a background run may take (the recipe run: about 4 min on a quiet 2-core machine,
 #: over 25 min on one loaded 4 times over).

@@ -59,6 +59,26 @@ def test_every_stage_produces_its_outputs(recipe):
     assert pairs == [["prune_params0.5", m] for m in baselines] and len(baselines) == 3
     for m in baselines:
         assert f"| prune_params0.5 | {m} | test |" in results
+    # the second seed: the pruned and scratch models again, trained with seed 1, in the report
+    for m in ("prune_params0.5_seed1", "scratch_params0.5_seed1"):
+        assert (work / f"exp/mini/{m}/final/decode_asr_test/score_wer/result.txt").is_file(), m
+    assert _yaml(work / "exp/mini/prune_params0.5_seed1/config.yaml")["seed"] == 1
+    assert _yaml(work / "exp/mini/prune_params0.5_seed1/finetune/config.yaml")["seed"] == 1
+    assert _yaml(work / "exp/mini/scratch_params0.5_seed1/config.yaml")["seed"] == 1
+    assert _yaml(work / "exp/mini/prune_params0.5/config.yaml")["seed"] == 0
+    rep = json.loads((work / "exp/mini/results.json").read_text())
+    assert {g: v["members"] for g, v in rep["seeds"]["groups"].items()} == {
+        "prune_params0.5": ["prune_params0.5", "prune_params0.5_seed1"],
+        "scratch_params0.5": ["scratch_params0.5", "scratch_params0.5_seed1"]}
+    assert [(p["model"], p["other"]) for p in rep["seeds"]["pairs"]] == [("prune_params0.5", "scratch_params0.5")]
+    # every model's training cost: its runs, the teacher's share for those that start from it
+    cost = rep["training"]
+    assert [r["dir"] for r in cost["prune_params0.5"]["runs"]] == [
+        "exp/mini/prune_params0.5", "exp/mini/prune_params0.5/finetune"]
+    assert cost["prune_params0.5"]["from_teacher"] and not cost["scratch_params0.5"]["from_teacher"]
+    assert cost["prune_params0.5"]["teacher_cpu_s"] == cost["baseline"]["cpu_s"] > 0
+    assert cost["baseline"]["epochs"] == 2 and not cost["baseline"]["runs"][0]["early_stopped"]
+    assert "**The teacher `baseline` is not trained to convergence**" in results
     # the final pruned model is a plain ESPnet model with a pruned encoder
     config = (work / "exp/mini/prune_params0.5/final/config.yaml").read_text()
     assert "encoder: pruned_conformer" in config and "prune_espnet" not in config
@@ -149,7 +169,7 @@ def test_family_shrinks_nested_members_from_one_pruning_run(recipe, tmp_path):
     shutil.copytree(work, fam, symlinks=True)  # mtimes kept: what is complete stays complete
     # without fine-tuning (the main recipe fine-tunes its pruned models through the same step)
     proc = _run(fam, "--stage", "5", "--prune_targets", "0.5 0.7", "--family", "true", "--baselines", "",
-                "--finetune", "false")
+                "--finetune", "false", "--seeds", "")
     assert proc.returncode == 0, proc.stderr[-4000:]
     exp = fam / "exp/mini"
     assert not (exp / "prune_params0.7").exists()  # one pruning run for the family

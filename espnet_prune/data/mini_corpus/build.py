@@ -57,7 +57,7 @@ def _synth_one(synth: Synthesizer, utt: Utterance, out_wav: Path, cfg: CorpusCon
 
 
 def run_synthesis(synth: Synthesizer, jobs: List[Job], cfg: CorpusConfig, nj: int,
-                log: Callable[[str], None]) -> None:
+                  log: Callable[[str], None]) -> None:
     """Synthesise each job in its own forked child, at most ``nj`` at a time.
 
     Forking from a process whose engine never synthesised anything gives every utterance
@@ -68,6 +68,8 @@ def run_synthesis(synth: Synthesizer, jobs: List[Job], cfg: CorpusConfig, nj: in
         RuntimeError: a job failed (the first to fail: its utterance, text, voice and
             traceback); no job is started after it.
     """
+    import scipy.signal  # noqa: F401  (imported once here, not in every forked child: ~2.5 s each)
+
     t0 = time.time()
 
     def progress(done: int) -> None:
@@ -217,8 +219,6 @@ def make_corpus(
     log(f"{out}: {len(plan)} utterances planned, {len(jobs)} to synthesise "
         f"({synth.name}, {synth.version}, nj={nj})")
     t_syn = time.time()
-    import scipy.signal  # noqa: F401  (import once here, not in every forked child)
-
     run_synthesis(synth, jobs, cfg, max(1, nj), log)
     t_syn = time.time() - t_syn
 

@@ -157,12 +157,13 @@ def _pending_jobs(out: Path, plan: List[Utterance]) -> List[Job]:
     return jobs
 
 
-def _write_split(out: Path, split: str, plan: List[Utterance]) -> int:
-    """Write the Kaldi dir ``out/split`` of the (synthesised) plan; returns its #utts."""
-    utts = [u for u in plan if u.split == split]
+def write_kaldi_dir(out: Path, name: str, utts: List[Utterance],
+                    extra: Optional[Dict[str, Dict[str, str]]] = None) -> int:
+    """Write the Kaldi dir ``out/name`` of synthesised ``utts`` (wavs in ``out/wav/name``),
+    with ``utt2voice``, ``utt2accent``, ``spk2voice`` and the ``extra`` files; returns #utts."""
     wav_scp, text, utt2spk, utt2dur, utt2voice, utt2accent = {}, {}, {}, {}, {}, {}
     for u in utts:
-        path = out / "wav" / split / f"{u.utt_id}.wav"
+        path = out / "wav" / name / f"{u.utt_id}.wav"
         wav_scp[u.utt_id] = str(path)
         text[u.utt_id] = u.text
         utt2spk[u.utt_id] = u.speaker.spk_id
@@ -174,8 +175,8 @@ def _write_split(out: Path, split: str, plan: List[Utterance]) -> int:
                  for s in {u.speaker for u in utts}}
     data = KaldiDataDir(wav_scp=wav_scp, text=text, utt2spk=utt2spk, utt2dur=utt2dur,
                         extra={"utt2voice": utt2voice, "utt2accent": utt2accent,
-                               "spk2voice": spk2voice})
-    write_data_dir(out / split, data)
+                               "spk2voice": spk2voice, **(extra or {})})
+    write_data_dir(out / name, data)
     return len(utts)
 
 
@@ -222,7 +223,8 @@ def make_corpus(
     run_synthesis(synth, jobs, cfg, max(1, nj), log)
     t_syn = time.time() - t_syn
 
-    n_utts = {split: _write_split(out, split, plan) for split in SPLITS}
+    n_utts = {split: write_kaldi_dir(out, split, [u for u in plan if u.split == split])
+              for split in SPLITS}
     seconds = time.time() - t0
     done = dict(record)
     done.update({"n_utts": n_utts, "synthesis_seconds": round(t_syn, 2),

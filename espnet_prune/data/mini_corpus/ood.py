@@ -42,9 +42,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from espnet_prune.data.kaldi_dir import KaldiDataDir, write_data_dir
-from espnet_prune.data.mini_corpus.audio import SAMPLE_RATE, wav_num_samples, write_wav
-from espnet_prune.data.mini_corpus.build import CORPUS_VERSION, is_complete, run_synthesis
+from espnet_prune.data.mini_corpus.audio import SAMPLE_RATE, write_wav
+from espnet_prune.data.mini_corpus.build import (
+    CORPUS_VERSION,
+    is_complete,
+    run_synthesis,
+    write_kaldi_dir,
+)
 from espnet_prune.data.mini_corpus.grammar import GRAMMAR, sample_sentence
 from espnet_prune.data.mini_corpus.plan import (
     ACCENTS,
@@ -181,25 +185,6 @@ def _read_wav(path: Path) -> np.ndarray:
 # ----------------------------------------------------------------------------- the driver
 
 
-def _write_set(corpus_dir: Path, name: str, plan: List[Utterance],
-               extra: Optional[Dict[str, Dict[str, str]]] = None) -> None:
-    wav_scp, text, utt2spk, utt2dur, utt2voice, utt2accent = {}, {}, {}, {}, {}, {}
-    for u in plan:
-        path = corpus_dir / "wav" / name / f"{u.utt_id}.wav"
-        wav_scp[u.utt_id] = str(path)
-        text[u.utt_id] = u.text
-        utt2spk[u.utt_id] = u.speaker.spk_id
-        utt2dur[u.utt_id] = wav_num_samples(path) / SAMPLE_RATE
-        utt2voice[u.utt_id] = u.speaker.voice
-        utt2accent[u.utt_id] = u.speaker.accent
-    spk2voice = {s.spk_id: f"{s.voice} rate={s.rate} pitch={s.pitch} "
-                 f"range={s.pitch_range} gap={s.word_gap}" for s in {u.speaker for u in plan}}
-    files = {"utt2voice": utt2voice, "utt2accent": utt2accent, "spk2voice": spk2voice}
-    files.update(extra or {})
-    write_data_dir(corpus_dir / name, KaldiDataDir(wav_scp=wav_scp, text=text, utt2spk=utt2spk,
-                                                   utt2dur=utt2dur, extra=files))
-
-
 def make_ood(corpus_dir: str | Path, cfg: OodConfig = OodConfig(), nj: int = 2,
              backend: str = "auto",
              log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Dict[str, object]:
@@ -257,8 +242,8 @@ def make_ood(corpus_dir: str | Path, cfg: OodConfig = OodConfig(), nj: int = 2,
         if not noisy.is_file():
             write_wav(noisy, y)
         rt60s[u.utt_id], snrs[u.utt_id] = f"{rt60:.3f}", f"{snr:.2f}"
-    _write_set(out, "ood", plan)
-    _write_set(out, "ood_noisy", plan, {"utt2rt60": rt60s, "utt2snr": snrs})
+    write_kaldi_dir(out, "ood", plan)
+    write_kaldi_dir(out, "ood_noisy", plan, {"utt2rt60": rt60s, "utt2snr": snrs})
     atomic_write_text(out / MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
     log(f"{out}: ood sets ready ({len(plan)} utterances each)")
     return {"skipped": False, "synthesised": len(jobs)}

@@ -504,16 +504,11 @@ def build_report(a: argparse.Namespace, command: str) -> Dict[str, Any]:
         "statistics": evidence.attach_statistics(a, rows, utt_stats),
         "models": rows,
     }
-    if trainings:
-        try:
-            report["training"] = training.training_costs(trainings, names[0])
-        except training.TrainingError as e:
-            raise ReportError(str(e)) from None
-    if groups:
-        spread = training.seed_spread(groups, rows, a.test_sets)
-        report["seeds"] = {"groups": spread, "pairs": [
-            {"model": x, "other": y, "sets": training.compare_groups(spread[x], spread[y])}
-            for x, y in evidence.parse_pairs(a.pair, names) if x in spread and y in spread]}
+    try:  # "training" and "seeds", when asked for
+        report.update(training.report_entries(trainings, groups, evidence.parse_pairs(a.pair, names),
+                                               rows, a.test_sets))
+    except training.TrainingError as e:
+        raise ReportError(str(e)) from None
     if a.published:
         pub = PUBLISHED[a.published]
         report["published"] = {

@@ -152,3 +152,20 @@ def compare_groups(a: Dict[str, Any], b: Dict[str, Any]) -> Dict[str, Dict[str, 
         separated = max(sa["wers"]) < min(sb["wers"]) or max(sb["wers"]) < min(sa["wers"])
         out[s] = {"mean_delta": sa["mean"] - sb["mean"], "exceeds_spread": separated}
     return out
+
+
+def report_entries(trainings: Dict[str, Tuple[bool, List[Path]]], groups: Dict[str, List[str]],
+                   pairs: Sequence[Tuple[str, str]], rows: Sequence[Dict[str, Any]],
+                   test_sets: Sequence[str]) -> Dict[str, Any]:
+    """The report's ``training`` (:func:`training_costs`, the first row the reference) and
+    ``seeds`` (:func:`seed_spread`, and :func:`compare_groups` for every pair of group
+    leaders) entries; each only when asked for."""
+    out: Dict[str, Any] = {}
+    if trainings:
+        out["training"] = training_costs(trainings, rows[0]["name"])
+    if groups:
+        spread = seed_spread(groups, rows, test_sets)
+        out["seeds"] = {"groups": spread, "pairs": [
+            {"model": x, "other": y, "sets": compare_groups(spread[x], spread[y])}
+            for x, y in pairs if x in spread and y in spread]}
+    return out

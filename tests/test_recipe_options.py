@@ -85,6 +85,7 @@ def fake_stage3_outputs(work: Path) -> None:
     (["--seeds", "1 1"], {}, "--seeds 1 1: a seed given twice"),
     (["--seeds", "1", "--seed_targets", "0.3"], {},
      "--seed_targets params:0.3: not one of --prune_targets (params:0.5)"),
+    (["--latency_set", "ood"], {}, "--latency_set ood: not one of --test_sets (dev test)"),
     (["--prune_targets", "0.3 0.5", "--family", "true", "--seeds", "1"], {},
      "--seeds trains separately pruned models again; with --family true there are none"),
     (["--stage", "5", "--prune_config", "conf/smoke/train_asr_conformer.yaml"], {},

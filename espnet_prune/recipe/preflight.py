@@ -69,6 +69,8 @@ def option_problems(a: argparse.Namespace) -> List[str]:
             problems.append("--seeds trains separately pruned models again; with --family true there are none")
         problems += [f"--seed_targets {spec}: not one of --prune_targets ({' '.join(a.prune_targets)})"
                      for spec in a.seed_targets if spec not in a.prune_targets]
+    if a.latency_set and a.latency_set not in a.test_sets:
+        problems.append(f"--latency_set {a.latency_set}: not one of --test_sets ({' '.join(a.test_sets)})")
     if not re.fullmatch(r"[1-9][0-9]*", a.train_jobs):
         problems.append(f"--train_jobs must be a positive integer, got '{a.train_jobs}'")
     if a.control not in ("true", "false"):
@@ -179,6 +181,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", nargs="*", default=[], help="more training seeds of the --seed_targets")
     p.add_argument("--seed_targets", nargs="*", default=[], help="KIND:VALUE entries of --prune_targets")
     p.add_argument("--test_sets", nargs="*", default=[])
+    p.add_argument("--latency_set", default="", help="the test set the report times, or ''")
     return p
 
 

@@ -49,6 +49,7 @@ bpe_type=unigram
 min_frames=10
 max_frames=3000
 latency_utts=100          # test utterances timed by the report (encoder latency, whole decodes)
+latency_set=""            # the set they come from (default: the first test* of --test_sets, else its last)
 fast_decoder=true         # decode Transformer decoders with espnet_prune's fast exact decoder
 train_args=""             # extra arguments for every training run
 # mini corpus size
@@ -103,6 +104,10 @@ case $dataset in
     *) log "unknown --dataset $dataset (mini, librispeech_100, librispeech)"; exit 1 ;;
 esac
 train_config=${train_config:-${conf_dir}/train_asr_conformer.yaml}
+if [ -z "$latency_set" ]; then  # time in-domain test audio, not dev or an out-of-distribution set
+    for s in $test_sets; do [[ $s == test* ]] && { latency_set=$s; break; }; done
+    latency_set=${latency_set:-${test_sets##* }}
+fi
 prune_config_name=prune_asr_conformer; [ -n "$teacher_config" ] && prune_config_name=prune_from_teacher
 prune_config=${prune_config:-${conf_dir}/${prune_config_name}.yaml}
 finetune_config=${finetune_config:-${conf_dir}/finetune_asr_conformer.yaml}
@@ -194,7 +199,7 @@ pruning_runs=$(python -m espnet_prune.recipe.preflight --stage "$stage" --stop_s
     --prune_targets "${targets_checked[@]}" --baselines $baselines \
     --train_config "$train_config" --prune_config "$prune_config" --finetune_config "$finetune_config" \
     --inference_config "$inference_config" --data "$data" --train_set "$train_set" \
-    --valid_set "$valid_set" --test_sets $test_sets --train_dump "$train_dump" --bpemodel "$bpemodel" \
+    --valid_set "$valid_set" --test_sets $test_sets --latency_set "$latency_set" --train_dump "$train_dump" --bpemodel "$bpemodel" \
     --baseline "$baseline" --exp "$exp" --control_dir "$control_dir") || exit 1
 family_run=""; [ "$family" = true ] && family_run=${exp}/prune_${pruning_runs%% *}  # its members' source
 

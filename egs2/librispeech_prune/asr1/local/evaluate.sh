@@ -95,7 +95,7 @@ report_stage() {  # stage 9: sclite-compatible scoring per model and set, then R
     table=$(latency_table "$prune_config"); [ -n "$table" ] && model_args+=(--latency_table "$table")
     report_args=("${model_args[@]}" --test_sets $test_sets \
         --data_dir "$dump" --decode_name "$inference_tag" --inference_config "$inference_config" \
-        --latency_set "${test_sets##* }" --latency_utts "$latency_utts" --threads 1 \
+        --latency_set "$latency_set" --latency_utts "$latency_utts" --threads 1 \
         --fast_decoder "$fast_decoder" --data_format "$data_format" \
         "${published[@]}" --output "${exp}/RESULTS.md" --json "${exp}/results.json")
     # stale when a scored input changed or the report would be asked something else

@@ -67,6 +67,29 @@ def atomic_write_text(path: PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+@contextlib.contextmanager
+def atomic_torch_saves() -> Iterator[None]:
+    """Within the block, ``torch.save(obj, path)`` to a file path writes through
+    :func:`atomic_path`, so a process killed (or failing) while saving leaves the previous file
+    whole. ESPnet's trainer writes ``checkpoint.pth`` and ``<epoch>epoch.pth`` in place: a run
+    killed during that write could not resume. File objects are passed through unchanged."""
+    import torch
+
+    plain = torch.save
+
+    def save(obj, f, *args, **kwargs):
+        if not isinstance(f, (str, os.PathLike)):
+            return plain(obj, f, *args, **kwargs)
+        with atomic_path(f) as tmp:
+            return plain(obj, tmp, *args, **kwargs)
+
+    torch.save = save
+    try:
+        yield
+    finally:
+        torch.save = plain
+
+
 def read_marker(directory: PathLike, name: str = ".done") -> Optional[dict]:
     """The JSON record of a completion marker, or None when absent or unreadable."""
     marker = Path(directory) / name

@@ -9,7 +9,8 @@ Optimizers (ESPnet's ``--optim``, ``--optim2``, ``--optim3`` options, each with 
    family of sizes trains (:mod:`espnet_prune.family`: no multipliers).
 
 A model without gates (the dense baseline) gets only the first optimizer, so the
-same entry point trains every stage of the recipe.
+same entry point trains every stage of the recipe. Checkpoints are written atomically, so
+a run killed while saving resumes from the previous epoch.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from espnet2.tasks.abs_task import optim_classes
 from espnet2.tasks.asr import ASRTask
 
 import espnet_prune
+from espnet_prune.fileio import atomic_torch_saves
 from espnet_prune.model import ESPnetPruneASRModel
 
 espnet_prune.register()  # also in DDP worker processes, which import this module
@@ -39,6 +41,13 @@ class PruneASRTask(ASRTask):
             optim3="adam", optim3_conf={"lr": 0.02},
         )
         return parser
+
+    @classmethod
+    def main_worker(cls, args: argparse.Namespace) -> None:
+        """ESPnet's worker (every process of a distributed run too), its checkpoints and
+        models written atomically (:func:`espnet_prune.fileio.atomic_torch_saves`)."""
+        with atomic_torch_saves():
+            super().main_worker(args)
 
     @classmethod
     def build_model(cls, args: argparse.Namespace):

@@ -53,3 +53,34 @@ def test_export_copies_config_and_model(tmp_path):
     assert (tmp_path / "final/config.yaml").read_text() == "a: 1\n"
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         export(tmp_path / "config.yaml", tmp_path / "missing.pth", tmp_path / "final2")
+
+
+def test_torch_save_that_fails_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    from espnet_prune.task import ASRTask, PruneASRTask
+
+    def fail_to_save(path):  # an object that fails halfway through pickling, like a kill
+        torch.save({"model": {"w": torch.ones(4096)}, "hook": lambda: 0}, path)
+
+    old = {"model": {"w": torch.arange(4096.0)}, "epoch": 3}
+    plain_path, path = tmp_path / "plain.pth", tmp_path / "ckpt" / "checkpoint.pth"
+    torch.save(old, plain_path)
+    with pytest.raises(Exception):
+        fail_to_save(plain_path)  # torch's own save: the previous file is lost
+    with pytest.raises(RuntimeError):
+        torch.load(plain_path)
+    plain = torch.save
+    with fileio.atomic_torch_saves():
+        torch.save(old, path)
+        with pytest.raises(Exception):
+            fail_to_save(path)
+    assert torch.save is plain
+    back = torch.load(path)
+    assert back["epoch"] == 3 and torch.equal(back["model"]["w"], old["model"]["w"])
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pth"]
+    # ESPnet's training worker runs inside the context
+    seen = []
+    monkeypatch.setattr(ASRTask, "main_worker", classmethod(lambda cls, args: seen.append(torch.save is plain)))
+    PruneASRTask.main_worker(None)
+    assert seen == [False] and torch.save is plain

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import kaldiio
@@ -265,3 +266,55 @@ def test_profile_reports_exact_decoder_cost(tmp_path, capsys):
         assert dec["memory_frames"] == enc.size(1)
         if name == "pruned":
             assert dec["layer_structures"] == LAYERS and dec["params_sparsity"] > 0
+
+
+def test_decode_list_runs_each_line_as_its_own_process_would(tmp_path):
+    """espnet_prune.bin.decode_list (stage 8: one process per job): two decodes of one list,
+    a dense and a pruned model, give exactly what asr_inference gives for each alone, and
+    each writes its .done; a bad line is refused by file and line before anything runs."""
+    from espnet_prune.bin import asr_inference, decode_list
+
+    scp = _write_scp(tmp_path)
+    lines, alone = [], {}
+    for kind in ("dense", "pruned"):
+        d = (_model_dir(tmp_path, kind) if kind == "dense"
+             else _model_dir(tmp_path, kind, "pruned_transformer", layer_structures=LAYERS))
+        argv = ["--asr_train_config", str(d / "config.yaml"), "--asr_model_file", str(d / "model.pth"),
+                "--data_path_and_name_and_type", f"{scp},speech,kaldi_ark", "--batch_size", "1",
+                "--beam_size", "3", "--ctc_weight", "0.3", "--ngpu", "0"]
+        asr_inference.main(argv + ["--output_dir", str(tmp_path / f"alone_{kind}")])
+        alone[kind] = _decoded(tmp_path / f"alone_{kind}")
+        lines.append(" ".join(shlex.quote(a) for a in argv + ["--output_dir", str(tmp_path / f"list {kind}")]))
+    listed = tmp_path / "decode.1.list"
+    listed.write_text("# two decodes\n" + "\n".join(lines) + "\n\n")
+    decode_list.main([str(listed)])
+    for kind in ("dense", "pruned"):
+        assert _decoded(tmp_path / f"list {kind}") == alone[kind], kind
+        assert json.loads((tmp_path / f"list {kind}" / ".done").read_text())["wall_s"] >= 0
+    assert alone["dense"][0]["token_int"] != alone["pruned"][0]["token_int"]  # two different decodes
+    bad = tmp_path / "bad.list"
+    bad.write_text(lines[0] + "\n" + lines[1].replace("--output_dir", "--output") + "\n")
+    with pytest.raises(ValueError, match=f"{bad}:2: no --output_dir"):
+        decode_list.main([str(bad)])
+    bad.write_text("--output_dir 'open\n")
+    with pytest.raises(ValueError, match=f"{bad}:1: No closing quotation"):
+        decode_list.main([str(bad)])
+
+
+def test_split_scp_rewrites_only_changed_parts(tmp_path):
+    """Stage 8's staleness rule reads the parts' time stamps: an unchanged part keeps its
+    file, a changed one is rewritten, parts beyond a smaller count go."""
+    from espnet_prune.recipe.steps import split_scp
+
+    scp = tmp_path / "feats.scp"
+    scp.write_text("".join(f"u{i} a.ark:{i}\n" for i in range(5)))
+    parts = split_scp(scp, 3, tmp_path / "log")
+    assert [p.read_text() for p in parts] == ["u0 a.ark:0\n", "u1 a.ark:1\nu2 a.ark:2\n", "u3 a.ark:3\nu4 a.ark:4\n"]
+    inodes = [p.stat().st_ino for p in parts]
+    assert [p.stat().st_ino for p in split_scp(scp, 3, tmp_path / "log")] == inodes
+    scp.write_text("".join(f"u{i} a.ark:{i}\n" for i in range(4)) + "u9 a.ark:9\n")
+    again = split_scp(scp, 3, tmp_path / "log")
+    assert [p.stat().st_ino == i for p, i in zip(again, inodes)] == [True, True, False]
+    assert again[2].read_text() == "u3 a.ark:3\nu9 a.ark:9\n"
+    assert split_scp(scp, 2, tmp_path / "log") == again[:2]
+    assert sorted(p.name for p in (tmp_path / "log").iterdir()) == ["keys.1.scp", "keys.2.scp"]

@@ -6,7 +6,8 @@ import statistics
 
 import pytest
 
-from espnet_prune.bin.asr_train import _option, record_cost
+from espnet_prune.bin import option_value
+from espnet_prune.bin.asr_train import record_cost
 from espnet_prune.recipe import plots, report, training
 from test_report import _argv, _summary_rows, setup  # noqa: F401 - setup: the fixture
 
@@ -83,8 +84,8 @@ def test_seed_spread_and_separation():
 
 
 def test_option_reader_of_the_training_wrapper():
-    assert _option(["--output_dir", "a", "--x", "1", "--output_dir=b"], "--output_dir") == "b"
-    assert _option(["--output_dirs", "a"], "--output_dir") is None
+    assert option_value(["--output_dir", "a", "--x", "1", "--output_dir=b"], "--output_dir") == "b"
+    assert option_value(["--output_dirs", "a"], "--output_dir") is None
 
 
 def test_report_sections(setup, tmp_path):  # noqa: F811

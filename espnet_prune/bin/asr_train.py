@@ -16,20 +16,12 @@ import resource
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional
+
+from espnet_prune.bin import option_value
 
 COST_FILE = "train_cost.json"
 
-
-def _option(argv: Sequence[str], name: str) -> Optional[str]:
-    """The value of ``--name VALUE`` or ``--name=VALUE`` in ``argv`` (the last one wins)."""
-    value = None
-    for i, arg in enumerate(argv):
-        if arg == name and i + 1 < len(argv):
-            value = argv[i + 1]
-        elif arg.startswith(name + "="):
-            value = arg.split("=", 1)[1]
-    return value
 
 
 def _cpu_seconds() -> float:
@@ -58,8 +50,8 @@ def main(cmd: Optional[List[str]] = None) -> None:
     from espnet_prune.task import PruneASRTask
 
     argv = sys.argv[1:] if cmd is None else cmd
-    output_dir = _option(argv, "--output_dir")
-    counted = output_dir is not None and _option(argv, "--collect_stats") not in ("true", "True")
+    output_dir = option_value(argv, "--output_dir")
+    counted = output_dir is not None and option_value(argv, "--collect_stats") not in ("true", "True")
     t0, c0 = time.time(), _cpu_seconds()
     ok = False
     try:

@@ -41,7 +41,9 @@ def combine(dst: Path, srcs: Sequence[Path]) -> None:
 
 
 def split_scp(scp: Path, nj: int, out_dir: Path) -> List[Path]:
-    """Split ``scp`` into ``nj`` contiguous parts ``out_dir/keys.{1..nj}.scp``."""
+    """Split ``scp`` into ``nj`` contiguous parts ``out_dir/keys.{1..nj}.scp`` (fewer when it has
+    fewer lines). A part whose content is unchanged is not rewritten (its time stamp tells the
+    recipe whether its decode is stale); parts beyond the new count are removed."""
     lines = [l for l in Path(scp).read_text(encoding="utf-8").splitlines() if l.strip()]
     if not lines:
         raise ValueError(f"{scp}: empty")
@@ -49,10 +51,14 @@ def split_scp(scp: Path, nj: int, out_dir: Path) -> List[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for j in range(nj):
-        part = lines[j * len(lines) // nj:(j + 1) * len(lines) // nj]
+        text = "\n".join(lines[j * len(lines) // nj:(j + 1) * len(lines) // nj]) + "\n"
         path = out_dir / f"keys.{j + 1}.scp"
-        atomic_write_text(path, "\n".join(part) + "\n")
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            atomic_write_text(path, text)
         paths.append(path)
+    for old in out_dir.glob("keys.*.scp"):
+        if old not in paths:
+            old.unlink()
     return paths
 
 

@@ -1,8 +1,13 @@
 # Stages 8-9 of run.sh (sourced): decode every model on every test set, score, report.
 # ${models[@]} holds NAME=DIR entries (run.sh).
 
-decode_stage() {  # stage 8: ESPnet's asr_inference (our fast decoder), split over $nj jobs
-    local m dir s dec n j parts
+decode_stage() {  # stage 8: every model on every test set, each split over $nj jobs
+    # Job j decodes part j of every stale (model, set) pair in one process
+    # (espnet_prune.bin.decode_list: ESPnet imported once per job, not once per model, set and job);
+    # a part is stale when its model, the inference config or its keys are newer than its .done.
+    local m dir s dec n j d lists=${exp}/decode_lists pending=() jobs=0
+    local new=${lists}.new  # the job lists, replacing the last ones only when there is work
+    rm -rf "$new"; mkdir -p "$new"
     for m in "${models[@]}"; do
         dir=${m#*=}
         for s in $test_sets; do
@@ -10,19 +15,41 @@ decode_stage() {  # stage 8: ESPnet's asr_inference (our fast decoder), split ov
             if up_to_date "${dec}/text" "${dir}/model.pth" "$inference_config"; then
                 log "${dec}: complete, skipped"; continue
             fi
-            rm -rf "${dec}/logdir"
+            # keys.J.scp are rewritten only when their content changes
             n=$(python -m espnet_prune.recipe.steps split_scp --scp "${dump}/${s}/${speech_file}" --nj "$nj" --out_dir "${dec}/logdir")
-            # one thread per job unless cores are left over: oversubscribed OpenMP is many times slower
-            ${decode_cmd} JOB=1:"$n" "${dec}/logdir/decode.JOB.log" \
-                env OMP_NUM_THREADS=$(( $(nproc) / n > 0 ? $(nproc) / n : 1 )) python -m espnet_prune.bin.asr_inference \
-                --ngpu 0 --batch_size 1 --config "$inference_config" --fast_decoder "$fast_decoder" \
-                --asr_train_config "${dir}/config.yaml" --asr_model_file "${dir}/model.pth" \
-                --data_path_and_name_and_type "${dec}/logdir/keys.JOB.scp,speech,${speech_type}" \
-                --output_dir "${dec}/logdir/output.JOB"
-            parts=(); for ((j = 1; j <= n; j++)); do parts+=("${dec}/logdir/output.${j}/1best_recog/text"); done
-            python -m espnet_prune.recipe.steps merge_text --output "${dec}/text" --expect "${dump}/${s}/text" "${parts[@]}"
-            log "decoded ${dec}/text"
+            for d in "${dec}"/logdir/output.*; do [ -d "$d" ] && [ "${d##*.}" -gt "$n" ] && rm -rf "$d"; done
+            for ((j = 1; j <= n; j++)); do
+                if up_to_date "${dec}/logdir/output.${j}/.done" "${dir}/model.pth" "$inference_config" "${dec}/logdir/keys.${j}.scp"; then
+                    continue
+                fi
+                rm -rf "${dec}/logdir/output.${j}"
+                printf '%q ' --ngpu 0 --batch_size 1 --config "$inference_config" --fast_decoder "$fast_decoder" \
+                    --asr_train_config "${dir}/config.yaml" --asr_model_file "${dir}/model.pth" \
+                    --data_path_and_name_and_type "${dec}/logdir/keys.${j}.scp,speech,${speech_type}" \
+                    --output_dir "${dec}/logdir/output.${j}" >> "${new}/decode.${j}.list"
+                echo >> "${new}/decode.${j}.list"
+                [ "$j" -gt "$jobs" ] && jobs=$j
+            done
+            pending+=("${dec}=${s}=${n}")
         done
+    done
+    if [ "$jobs" -eq 0 ]; then
+        rm -rf "$new"
+    else
+        for ((j = 1; j <= jobs; j++)); do touch "${new}/decode.${j}.list"; done  # one may have nothing left
+        rm -rf "$lists"; mv "$new" "$lists"
+        log "decoding $(cat "$lists"/decode.*.list | wc -l) model/set parts in ${jobs} jobs (logs: ${lists}/decode.JOB.log)"
+        # one thread per job unless cores are left over: oversubscribed OpenMP is many times slower
+        ${decode_cmd} JOB=1:"$jobs" "${lists}/decode.JOB.log" \
+            env OMP_NUM_THREADS=$(( $(nproc) / jobs > 0 ? $(nproc) / jobs : 1 )) \
+            python -m espnet_prune.bin.decode_list "${lists}/decode.JOB.list"
+    fi
+    local entry parts
+    for entry in "${pending[@]}"; do
+        IFS== read -r dec s n <<< "$entry"
+        parts=(); for ((j = 1; j <= n; j++)); do parts+=("${dec}/logdir/output.${j}/1best_recog/text"); done
+        python -m espnet_prune.recipe.steps merge_text --output "${dec}/text" --expect "${dump}/${s}/text" "${parts[@]}"
+        log "decoded ${dec}/text"
     done
 }
 

@@ -159,6 +159,7 @@ def test_single_node_multi_gpu_and_resumable_failure(work, monkeypatch):
     out = work / "exp/mini/asr_baseline"
     out.mkdir(parents=True)
     (out / "checkpoint.pth").write_bytes(b"an interrupted run")
+    (out / "train.log").write_text("1epoch results: [train] acc=0.5 [valid] acc=0.6\n")
     proc = run_recipe(work, "--stage", "4", "--stop_stage", "4", "--ngpu", "2", cmd_backend="slurm")
     assert proc.returncode != 0
     srun = _recorded(work)
@@ -173,6 +174,9 @@ def test_single_node_multi_gpu_and_resumable_failure(work, monkeypatch):
     assert (out / "checkpoint.pth").read_bytes() == b"an interrupted run"
     assert not (work / "exp/mini/asr_baseline.failed").exists()
     assert "a re-run resumes from it" in proc.stderr
+    # the resumed run's log adds to the interrupted one's epochs
+    log = (out / "train.log").read_text().splitlines()
+    assert log[0] == "1epoch results: [train] acc=0.5 [valid] acc=0.6" and "espnet_prune.bin.asr_train" in log[1]
 
 
 def test_single_gpu_training_is_not_distributed(work, monkeypatch):

@@ -2,7 +2,11 @@
 against hand-made train logs and cost records, on the two tiny models of test_report."""
 
 import json
+import signal
 import statistics
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -37,6 +41,12 @@ def test_train_dir_epochs_stopping_accuracy_and_cost(tmp_path):
     assert (run["cpu_s"], run["wall_s"]) == (150.5, 90.0)  # a resumed run adds up
     assert json.loads((d / "train_cost.json").read_text())[1] == {
         "wall_s": 30.0, "cpu_s": 50.5, "completed": True}
+    # a run killed after logging epoch 3 but before its checkpoint, resumed (log appended):
+    # epoch 3 is trained and logged again, its last result counts
+    with (d / "train.log").open("a") as log:
+        log.write("# python -m espnet_prune.bin.asr_train ... (resumed)\n"
+                  "[h] t (trainer:394) INFO: 3epoch results: [train] acc=0.1, [valid] acc=0.71\n")
+    assert training.read_train_dir(d)["valid_acc"] == [[1, 0.5], [2, 0.7], [3, 0.71]]
     bare = training.read_train_dir(_train_dir(tmp_path / "b", [0.1]))
     assert not bare["early_stopped"] and bare["cpu_s"] is None  # no record: unknown, not 0
     (d / "train_cost.json").write_text('{"cpu": 1}')
@@ -81,6 +91,32 @@ def test_seed_spread_and_separation():
     for bad in ("p=", "p=p1,p1", "p=zz"):
         with pytest.raises(training.TrainingError, match="--seed_group"):
             training.parse_seed_groups([bad], [r["name"] for r in rows])
+
+
+def test_training_stopped_by_sigterm_records_its_cost(tmp_path):
+    """A kill (or a batch system's time limit) ends the training wrapper through its finally
+    block: the invocation's cost is recorded as not completed (Python's default SIGTERM
+    action would skip it). The task is a stand-in that waits to be killed."""
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import sys, time, types\n"
+        "task = types.ModuleType('espnet_prune.task')\n"
+        "class PruneASRTask:\n"
+        "    @staticmethod\n"
+        "    def main(cmd=None):\n"
+        "        print('training', flush=True)\n"
+        "        time.sleep(60)\n"
+        "task.PruneASRTask = PruneASRTask\n"
+        "sys.modules['espnet_prune.task'] = task\n"
+        "from espnet_prune.bin import asr_train\n"
+        f"asr_train.main(['--output_dir', {str(tmp_path)!r}])\n")
+    proc = subprocess.Popen([sys.executable, str(probe)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "training\n"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    runs = json.loads((tmp_path / "train_cost.json").read_text())
+    assert len(runs) == 1 and runs[0]["completed"] is False and runs[0]["wall_s"] >= 0.5
 
 
 def test_option_reader_of_the_training_wrapper():

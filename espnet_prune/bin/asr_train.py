@@ -8,11 +8,13 @@
 
 Every invocation that trains (not ``--collect_stats``) appends what it cost to
 ``<output_dir>/train_cost.json`` (:data:`COST_FILE`): wall and CPU seconds (user + system, of
-this process and the children it waited for), so a resumed run adds up its parts.
+this process and the children it waited for), so a resumed run adds up its parts. A run
+stopped by SIGTERM (``kill``, a batch system's time limit) records its part too.
 """
 
 import json
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -46,12 +48,18 @@ def record_cost(output_dir: Path, wall_s: float, cpu_s: float, ok: bool) -> List
     return runs
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # runs the finally blocks that Python's default action skips
+
+
 def main(cmd: Optional[List[str]] = None) -> None:
     from espnet_prune.task import PruneASRTask
 
     argv = sys.argv[1:] if cmd is None else cmd
     output_dir = option_value(argv, "--output_dir")
     counted = output_dir is not None and option_value(argv, "--collect_stats") not in ("true", "True")
+    if counted and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
     t0, c0 = time.time(), _cpu_seconds()
     ok = False
     try:

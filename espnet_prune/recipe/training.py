@@ -76,18 +76,19 @@ def parse_seed_groups(values: Sequence[str], model_names: Sequence[str]) -> Dict
 def read_train_dir(d: Path) -> Dict[str, Any]:
     """One training dir: ``epochs``, ``early_stopped``, ``valid_acc`` ([epoch, acc] pairs),
     ``cpu_s`` / ``wall_s`` (None without ``train_cost.json``)."""
-    epochs, acc, stopped = 0, [], False
+    epochs, acc, stopped = 0, {}, False
     for line in (d / "train.log").read_text(encoding="utf-8", errors="replace").splitlines():
         m = _EPOCH.search(line)
         if m:
             epochs = max(epochs, int(m.group(1)))
             a = _ACC.search(m.group(2))
-            if a:
-                acc.append([int(m.group(1)), float(a.group(1))])
+            if a:  # an epoch redone after a resume: its last result
+                acc[int(m.group(1))] = float(a.group(1))
         elif "[Early stopping]" in line:
             stopped = True
     out: Dict[str, Any] = {"dir": str(d), "epochs": epochs, "early_stopped": stopped,
-                           "valid_acc": acc, "cpu_s": None, "wall_s": None}
+                           "valid_acc": [[e, a] for e, a in sorted(acc.items())],
+                           "cpu_s": None, "wall_s": None}
     cost = d / "train_cost.json"
     if cost.is_file():
         try:

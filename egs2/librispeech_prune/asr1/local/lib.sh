@@ -38,9 +38,10 @@ train() {  # train OUTPUT_DIR CONFIG [args...]: ESPnet training, resumable
     local out=$1 config=$2; shift 2
     mkdir -p "$out"
     local dist; dist=$(dist_args "$out")
+    local resume=(); [ -f "${out}/checkpoint.pth" ] && resume=(--append)  # the log keeps its epochs
     log "training ${out} (log: ${out}/train.log)"
     # shellcheck disable=SC2086
-    if ! ${train_cmd} --gpu "$ngpu" --num_nodes "$num_nodes" "${out}/train.log" python -m espnet_prune.bin.asr_train \
+    if ! ${train_cmd} "${resume[@]}" --gpu "$ngpu" --num_nodes "$num_nodes" "${out}/train.log" python -m espnet_prune.bin.asr_train \
         --config "$config" --output_dir "$out" --ngpu "$ngpu" $dist --resume true \
         --use_tensorboard true --use_matplotlib false \
         "${train_data_opts[@]//SPEECH_TYPE/${speech_type}}" \

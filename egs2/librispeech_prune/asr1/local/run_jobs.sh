@@ -3,6 +3,8 @@
 #   local/run_jobs.sh [--backend local|slurm] [--slurm_opts "..."] [--gpu G] [--num_nodes N] \
 #       JOB=1:N log/decode.JOB.log cmd args-with-JOB
 # or a single job: local/run_jobs.sh log/train.log cmd args
+# --append keeps what the log holds (a resumed training run adds to its history) instead of
+# starting it afresh.
 # Every JOB in the log path and the command is replaced by the job index. Fails if any job fails.
 # --backend and --slurm_opts default to $cmd_backend and $slurm_opts (cmd.sh exports them).
 # With the slurm backend each job is one srun step: --gpu G adds --gres=gpu:G, --num_nodes N
@@ -14,12 +16,14 @@ backend=${cmd_backend:-local}
 slurm_opts=${slurm_opts:-}
 gpu=0
 num_nodes=1
+append=false
 while [[ $# -gt 0 && $1 == --* ]]; do
     case $1 in
         --backend) backend=$2; shift 2 ;;
         --slurm_opts) slurm_opts=$2; shift 2 ;;
         --gpu) gpu=$2; shift 2 ;;
         --num_nodes) num_nodes=$2; shift 2 ;;
+        --append) append=true; shift ;;
         *) echo "$0: unknown option $1" >&2; exit 1 ;;
     esac
 done
@@ -46,10 +50,11 @@ for ((i = first; i <= last; i++)); do
         for k in "${!args[@]}"; do args[$k]=${args[$k]//$var/$i}; done
     fi
     mkdir -p "$(dirname "$this_log")"
+    [ "$append" = true ] || : > "$this_log"
     {
         echo "# ${args[*]}"
         echo "# started at $(date)"
-    } > "$this_log"
+    } >> "$this_log"
     if [ "$backend" = slurm ]; then
         srun ${srun_opts[@]+"${srun_opts[@]}"} --export=ALL bash -c "$(printf '%q ' "${args[@]}")" >> "$this_log" 2>&1 &
     else

@@ -255,12 +255,14 @@ fi
 if runs 7 && [ -n "$baselines" ]; then
     banner 7 "same-size baselines: ${baselines} (targets ${prune_targets})"
     export OMP_NUM_THREADS=${OMP_NUM_THREADS_TRAIN:-$(threads_for $(( $(wc -w <<< "$prune_targets") * $(wc -w <<< "$baselines") )))}
-    for t in $prune_targets; do
-        for b in $baselines; do start_job "$b $t" same_size_job "$b" "$t"; done
-    done
+    # the longest jobs first (scratch models train to convergence), the fine-tunings fill in
     if [[ " $baselines " == *" scratch "* ]]; then
+        for t in $prune_targets; do start_job "scratch $t" same_size_job scratch "$t"; done
         for s in $seeds; do for t in $seed_targets; do start_job "scratch $t seed $s" same_size_job scratch "$t" "$s"; done; done
     fi
+    for t in $prune_targets; do
+        for b in $baselines; do [ "$b" = scratch ] || start_job "$b $t" same_size_job "$b" "$t"; done
+    done
     wait_jobs
 fi
 if [ -n "$omp_threads_given" ]; then export OMP_NUM_THREADS=$omp_threads_given; else unset OMP_NUM_THREADS; fi

@@ -283,7 +283,11 @@ def _check(ft, conf=None, prune=None, data=None, root=None):
 
 def test_check_passes_on_a_matching_teacher(fake_teacher, monkeypatch):
     monkeypatch.chdir(fake_teacher["tmp"])  # relative paths resolve through the config's parents
-    _check(fake_teacher)
+    config, model, prune_path = fake_teacher["write"]()
+    assert T.check_all(config, model, None, prune_path, fake_teacher["data"]) is None
+    # the same call reads the files it was given: without the weights it fails
+    with pytest.raises(T.TeacherError, match="--teacher_model: file not found"):
+        T.check_all(config, Path(str(model) + ".missing"), None, prune_path, fake_teacher["data"])
 
 
 @pytest.mark.parametrize("change, message", [
@@ -342,7 +346,12 @@ def test_check_rejects_architecture_in_the_pruning_config(fake_teacher):
 @pytest.mark.parametrize("conf_dir", ["conf", "conf/mini", "conf/smoke"])
 def test_shipped_pruning_configs_hold_pruning_options_only(conf_dir):
     for name in ("prune_asr_conformer.yaml", "prune_from_teacher.yaml"):
-        T.check_prune_options(yaml.safe_load((REPO / conf_dir / name).read_text()), where=name)
+        prune = yaml.safe_load((REPO / conf_dir / name).read_text())
+        assert T.check_prune_options(prune, where=name) is None
+        assert prune["model_conf"]["target"] and prune["encoder"] == "gated_conformer"
+        # the check is not vacuous: the same config with a teacher option is refused
+        with pytest.raises(T.TeacherError, match=f"{name}: token_type: comes from the teacher"):
+            T.check_prune_options({**prune, "token_type": "char"}, where=name)
 
 
 def test_relative_paths_resolve_through_teacher_root_first(fake_teacher, tmp_path):

@@ -255,10 +255,19 @@ fi
 if runs 7 && [ -n "$baselines" ]; then
     banner 7 "same-size baselines: ${baselines} (targets ${prune_targets})"
     export OMP_NUM_THREADS=${OMP_NUM_THREADS_TRAIN:-$(threads_for $(( $(wc -w <<< "$prune_targets") * $(wc -w <<< "$baselines") )))}
-    # the longest jobs first (scratch models train to convergence), the fine-tunings fill in
+    # the longest jobs first (scratch models train to convergence; those with more seeds
+    # first), the fine-tunings fill in
     if [[ " $baselines " == *" scratch "* ]]; then
-        for t in $prune_targets; do start_job "scratch $t" same_size_job scratch "$t"; done
-        for s in $seeds; do for t in $seed_targets; do start_job "scratch $t seed $s" same_size_job scratch "$t" "$s"; done; done
+        seeded_tags=" "
+        for t in $seed_targets; do
+            [ -n "$seeds" ] || break
+            start_job "scratch $t" same_size_job scratch "$t"
+            for s in $seeds; do start_job "scratch $t seed $s" same_size_job scratch "$t" "$s"; done
+            seeded_tags+="$(target_tag "$t") "
+        done
+        for t in $prune_targets; do
+            [[ $seeded_tags == *" $(target_tag "$t") "* ]] || start_job "scratch $t" same_size_job scratch "$t"
+        done
     fi
     for t in $prune_targets; do
         for b in $baselines; do [ "$b" = scratch ] || start_job "$b $t" same_size_job "$b" "$t"; done

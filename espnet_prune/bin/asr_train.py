@@ -25,7 +25,6 @@ from espnet_prune.bin import option_value
 COST_FILE = "train_cost.json"
 
 
-
 def _cpu_seconds() -> float:
     return sum(getattr(resource.getrusage(who), f) for who in (resource.RUSAGE_SELF,
                resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))

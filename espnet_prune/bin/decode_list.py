@@ -26,7 +26,6 @@ from espnet_prune.bin import option_value
 DONE = ".done"
 
 
-
 def read_list(path: Path) -> List[List[str]]:
     """The decodes of a list file, one argument vector per line; a line that cannot be split
     or has no ``--output_dir`` is an error naming the file and line."""

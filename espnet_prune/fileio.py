@@ -90,6 +90,12 @@ def atomic_torch_saves() -> Iterator[None]:
         torch.save = plain
 
 
+def write_marker(directory: PathLike, record: dict, name: str = ".done") -> None:
+    """Write a completion marker: ``record`` as JSON (sorted keys), atomically, last of all
+    of a step's outputs; :func:`read_marker` reads it back."""
+    atomic_write_text(Path(directory) / name, json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
 def read_marker(directory: PathLike, name: str = ".done") -> Optional[dict]:
     """The JSON record of a completion marker, or None when absent or unreadable."""
     marker = Path(directory) / name

@@ -14,7 +14,6 @@ stale and lists only that).
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -22,8 +21,6 @@ from pathlib import Path
 from typing import List, Optional
 
 from espnet_prune.bin import option_value
-
-DONE = ".done"
 
 
 def read_list(path: Path) -> List[List[str]]:
@@ -45,7 +42,7 @@ def read_list(path: Path) -> List[List[str]]:
 
 def main(argv: Optional[List[str]] = None) -> None:
     from espnet_prune.bin import asr_inference
-    from espnet_prune.fileio import atomic_write_text
+    from espnet_prune.fileio import write_marker
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("list", type=Path, help="one asr_inference argument line per decode")
@@ -56,7 +53,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"decode_list: {i}/{len(decodes)} {out}", file=sys.stderr, flush=True)
         start = time.time()
         asr_inference.main(decode)
-        atomic_write_text(out / DONE, json.dumps({"wall_s": round(time.time() - start, 2)}) + "\n")
+        write_marker(out, {"wall_s": round(time.time() - start, 2)})
 
 
 if __name__ == "__main__":

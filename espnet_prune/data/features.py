@@ -43,7 +43,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from espnet_prune.fileio import read_marker
+from espnet_prune.fileio import read_marker, write_marker
 from espnet_prune.data.kaldi_dir import (
     KaldiDataDirError,
     atomic_write_text,
@@ -377,7 +377,7 @@ def extract_features(
     seconds = time.time() - t0
     rec = _done_record(cfg, src)
     rec.update({"n_utts": len(items), "frames": count, "seconds": round(seconds, 2), "nj": nj})
-    atomic_write_text(out / ".done", json.dumps(rec, indent=2, sort_keys=True) + "\n")
+    write_marker(out, rec)
     log(f"{out}: {len(items)} utterances, {count} frames, {seconds:.1f} s (nj={nj})")
     return {"skipped": False, "n_utts": len(items), "frames": count, "seconds": seconds}
 
@@ -429,9 +429,8 @@ def filter_by_length(
     for name in ("feats_stats.npz", "feats_dim", "feats_type", "frontend_conf.json"):
         if (src / name).is_file():
             shutil.copyfile(src / name, dst / name)
-    atomic_write_text(dst / ".done", json.dumps(
-        {"filtered_from": str(src.resolve()), "min_frames": min_frames,
-         "max_frames": max_frames, "kept": len(keep)}, indent=2) + "\n")
+    write_marker(dst, {"filtered_from": str(src.resolve()), "min_frames": min_frames,
+                       "max_frames": max_frames, "kept": len(keep)})
     return {"kept": len(keep), "dropped": len(frames) - len(keep)}
 
 

@@ -37,7 +37,7 @@ from espnet_prune.data.mini_corpus.plan import (
 )
 from espnet_prune.data.mini_corpus.tts import Synthesizer, get_synthesizer
 from espnet_prune.data.pool import ForkedCall, run_jobs
-from espnet_prune.fileio import read_marker
+from espnet_prune.fileio import read_marker, write_marker
 
 CORPUS_VERSION = 1  # bump when the generation procedure changes output
 
@@ -229,7 +229,7 @@ def make_corpus(
     done = dict(record)
     done.update({"n_utts": n_utts, "synthesis_seconds": round(t_syn, 2),
                  "synthesised": len(jobs)})
-    atomic_write_text(out / ".done", json.dumps(done, indent=2, sort_keys=True) + "\n")
+    write_marker(out, done)
     log(f"{out}: done, {len(jobs)} utterances synthesised in {t_syn:.1f} s "
         f"(total {seconds:.1f} s)")
     return {"skipped": False, "synthesised": len(jobs), "seconds": seconds,

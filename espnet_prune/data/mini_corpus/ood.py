@@ -60,7 +60,7 @@ from espnet_prune.data.mini_corpus.plan import (
     make_speakers,
 )
 from espnet_prune.data.mini_corpus.tts import SynthesisUnavailable, get_synthesizer
-from espnet_prune.fileio import atomic_write_text, read_marker
+from espnet_prune.fileio import atomic_write_text, read_marker, write_marker
 
 OOD_SETS = ("ood", "ood_noisy")
 MARKER = "ood.done"
@@ -244,7 +244,7 @@ def make_ood(corpus_dir: str | Path, cfg: OodConfig = OodConfig(), nj: int = 2,
         rt60s[u.utt_id], snrs[u.utt_id] = f"{rt60:.3f}", f"{snr:.2f}"
     write_kaldi_dir(out, "ood", plan)
     write_kaldi_dir(out, "ood_noisy", plan, {"utt2rt60": rt60s, "utt2snr": snrs})
-    atomic_write_text(out / MARKER, json.dumps(record, indent=2, sort_keys=True) + "\n")
+    write_marker(out, record, MARKER)
     log(f"{out}: ood sets ready ({len(plan)} utterances each)")
     return {"skipped": False, "synthesised": len(jobs)}
 

@@ -119,6 +119,42 @@ def test_training_stopped_by_sigterm_records_its_cost(tmp_path):
     assert len(runs) == 1 and runs[0]["completed"] is False and runs[0]["wall_s"] >= 0.5
 
 
+def test_training_killed_outright_keeps_its_cost_up_to_the_last_interval(tmp_path):
+    """SIGKILL (the end of a session, the OOM killer) skips every finally block: the
+    wrapper's daemon thread has kept the invocation's entry current every
+    ``COST_INTERVAL_S`` seconds, so all but the last interval is recorded, as not completed.
+    An earlier invocation's entry stays as it was."""
+    record_cost(tmp_path, 30.0, 50.0, True)  # a first invocation, completed
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import sys, time, types\n"
+        "task = types.ModuleType('espnet_prune.task')\n"
+        "class PruneASRTask:\n"
+        "    @staticmethod\n"
+        "    def main(cmd=None):\n"
+        "        t = time.time()\n"
+        "        while time.time() - t < 60:\n"
+        "            pass\n"
+        "task.PruneASRTask = PruneASRTask\n"
+        "sys.modules['espnet_prune.task'] = task\n"
+        "from espnet_prune.bin import asr_train\n"
+        "asr_train.COST_INTERVAL_S = 0.1\n"
+        f"asr_train.main(['--output_dir', {str(tmp_path)!r}])\n")
+    proc = subprocess.Popen([sys.executable, str(probe)])
+    deadline = time.time() + 30
+    while time.time() < deadline:  # until the running entry shows 0.3 s of CPU
+        time.sleep(0.1)
+        runs = json.loads((tmp_path / "train_cost.json").read_text())
+        if len(runs) == 2 and runs[1]["cpu_s"] >= 0.3:
+            break
+    proc.kill()
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+    runs = json.loads((tmp_path / "train_cost.json").read_text())
+    assert runs[0] == {"wall_s": 30.0, "cpu_s": 50.0, "completed": True}
+    assert len(runs) == 2 and runs[1]["completed"] is False
+    assert runs[1]["cpu_s"] >= 0.3 and runs[1]["wall_s"] >= runs[1]["cpu_s"] - 0.05  # one thread
+
+
 def test_option_reader_of_the_training_wrapper():
     assert option_value(["--output_dir", "a", "--x", "1", "--output_dir=b"], "--output_dir") == "b"
     assert option_value(["--output_dirs", "a"], "--output_dir") is None

@@ -8,21 +8,26 @@
 
 Every invocation that trains (not ``--collect_stats``) appends what it cost to
 ``<output_dir>/train_cost.json`` (:data:`COST_FILE`): wall and CPU seconds (user + system, of
-this process and the children it waited for), so a resumed run adds up its parts. A run
-stopped by SIGTERM (``kill``, a batch system's time limit) records its part too.
+this process and the children it waited for), so a resumed run adds up its parts. The entry
+is rewritten every :data:`COST_INTERVAL_S` seconds while training runs and once at the end: a
+run stopped by SIGTERM (``kill``, a batch system's time limit) records its part, and one
+killed outright (SIGKILL, the end of a session) keeps all but its last interval.
 """
 
 import json
 import resource
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from espnet_prune.bin import option_value
+from espnet_prune.fileio import atomic_write_text
 
 COST_FILE = "train_cost.json"
+COST_INTERVAL_S = 60.0  # seconds between rewrites of a running invocation's cost entry
 
 
 def _cpu_seconds() -> float:
@@ -30,11 +35,11 @@ def _cpu_seconds() -> float:
                resource.RUSAGE_CHILDREN) for f in ("ru_utime", "ru_stime"))
 
 
-def record_cost(output_dir: Path, wall_s: float, cpu_s: float, ok: bool) -> List[Dict[str, object]]:
-    """Append one invocation to ``output_dir/train_cost.json`` (a JSON list, rewritten
-    atomically); returns the list."""
-    from espnet_prune.fileio import atomic_write_text
-
+def record_cost(output_dir: Path, wall_s: float, cpu_s: float, ok: bool,
+                index: Optional[int] = None) -> List[Dict[str, object]]:
+    """Write one invocation's entry of ``output_dir/train_cost.json`` (a JSON list, rewritten
+    atomically): appended, or in place of entry ``index`` (the one this invocation wrote
+    before). Returns the list."""
     path = Path(output_dir) / COST_FILE
     try:
         runs = json.loads(path.read_text()) if path.is_file() else []
@@ -42,9 +47,50 @@ def record_cost(output_dir: Path, wall_s: float, cpu_s: float, ok: bool) -> List
         runs = []
     if not isinstance(runs, list):
         runs = []
-    runs.append({"wall_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2), "completed": ok})
+    entry = {"wall_s": round(wall_s, 2), "cpu_s": round(cpu_s, 2), "completed": ok}
+    if index is not None and 0 <= index < len(runs):
+        runs[index] = entry
+    else:
+        runs.append(entry)
     atomic_write_text(path, json.dumps(runs, indent=1) + "\n")
     return runs
+
+
+class CostLog:
+    """This invocation's entry of ``output_dir/train_cost.json``, kept current by a daemon
+    thread (every ``interval_s`` seconds, once ESPnet has created ``output_dir``) and
+    written a last time by :meth:`finish`."""
+
+    def __init__(self, output_dir: Path, interval_s: float) -> None:
+        self.output_dir = Path(output_dir)
+        self.interval_s = interval_s
+        self.t0, self.c0 = time.time(), _cpu_seconds()
+        self.index: Optional[int] = None  # this invocation's entry, once written
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="train-cost", daemon=True)
+
+    def write(self, ok: bool = False) -> None:
+        with self._lock:
+            if not self.output_dir.is_dir():
+                return
+            runs = record_cost(self.output_dir, time.time() - self.t0, _cpu_seconds() - self.c0,
+                               ok, self.index)
+            if self.index is None:
+                self.index = len(runs) - 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.write()
+
+    def start(self) -> "CostLog":
+        self._thread.start()
+        return self
+
+    def finish(self, ok: bool) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.write(ok)
 
 
 def _exit_on_sigterm(signum: int, frame: object) -> None:
@@ -59,14 +105,14 @@ def main(cmd: Optional[List[str]] = None) -> None:
     counted = output_dir is not None and option_value(argv, "--collect_stats") not in ("true", "True")
     if counted and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    t0, c0 = time.time(), _cpu_seconds()
+    cost = CostLog(Path(output_dir), COST_INTERVAL_S).start() if counted else None
     ok = False
     try:
         PruneASRTask.main(cmd=cmd)
         ok = True
     finally:
-        if counted and Path(output_dir).is_dir():
-            record_cost(Path(output_dir), time.time() - t0, _cpu_seconds() - c0, ok)
+        if cost is not None:
+            cost.finish(ok)
 
 
 if __name__ == "__main__":

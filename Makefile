@@ -26,8 +26,8 @@ demo: $(STAMP)
 # Does pruning beat training small? In its own work dir (exp/mini_compare; reuses demo's data):
 # a teacher trained to convergence, targets 0.3 / 0.5 / 0.7, the equal-budget control, the
 # same-size baselines (scratch models also to convergence), two more seeds of the pruned and
-# scratch models at 0.5, and the out-of-distribution test sets. About 4 hours on 2 cores
-# (estimated from a partial run, docs/results.md); every stage resumes where it stopped.
+# scratch models at 0.5, and the out-of-distribution test sets. About 4 hours on an idle
+# 2-core machine (6.6 CPU h of training, docs/results.md); every stage resumes where it stopped.
 compare: $(STAMP)
 	cd egs2/librispeech_prune/asr1 && ./run.sh --dataset mini --exp_dir exp/mini_compare \
 		--train_config conf/mini/train_asr_conformer_converge.yaml \

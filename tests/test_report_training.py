@@ -93,24 +93,33 @@ def test_seed_spread_and_separation():
             training.parse_seed_groups([bad], [r["name"] for r in rows])
 
 
-def test_training_stopped_by_sigterm_records_its_cost(tmp_path):
-    """A kill (or a batch system's time limit) ends the training wrapper through its finally
-    block: the invocation's cost is recorded as not completed (Python's default SIGTERM
-    action would skip it). The task is a stand-in that waits to be killed."""
-    probe = tmp_path / "probe.py"
+def _start_wrapper(out_dir, task_body: str, cost_interval_s=None, **popen):
+    """Start ``bin.asr_train.main`` with ``--output_dir out_dir`` in a subprocess, its
+    ``PruneASRTask.main`` replaced by a stand-in running ``task_body`` (Python lines)."""
+    body = "".join(f"        {line}\n" for line in task_body.splitlines())
+    interval = "" if cost_interval_s is None else f"asr_train.COST_INTERVAL_S = {cost_interval_s}\n"
+    probe = out_dir / "probe.py"
     probe.write_text(
         "import sys, time, types\n"
         "task = types.ModuleType('espnet_prune.task')\n"
         "class PruneASRTask:\n"
         "    @staticmethod\n"
         "    def main(cmd=None):\n"
-        "        print('training', flush=True)\n"
-        "        time.sleep(60)\n"
+        f"{body}"
         "task.PruneASRTask = PruneASRTask\n"
         "sys.modules['espnet_prune.task'] = task\n"
         "from espnet_prune.bin import asr_train\n"
-        f"asr_train.main(['--output_dir', {str(tmp_path)!r}])\n")
-    proc = subprocess.Popen([sys.executable, str(probe)], stdout=subprocess.PIPE, text=True)
+        f"{interval}"
+        f"asr_train.main(['--output_dir', {str(out_dir)!r}])\n")
+    return subprocess.Popen([sys.executable, str(probe)], **popen)
+
+
+def test_training_stopped_by_sigterm_records_its_cost(tmp_path):
+    """A kill (or a batch system's time limit) ends the training wrapper through its finally
+    block: the invocation's cost is recorded as not completed (Python's default SIGTERM
+    action would skip it). The task is a stand-in that waits to be killed."""
+    proc = _start_wrapper(tmp_path, "print('training', flush=True)\ntime.sleep(60)",
+                          stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline() == "training\n"
     time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
@@ -125,22 +134,8 @@ def test_training_killed_outright_keeps_its_cost_up_to_the_last_interval(tmp_pat
     ``COST_INTERVAL_S`` seconds, so all but the last interval is recorded, as not completed.
     An earlier invocation's entry stays as it was."""
     record_cost(tmp_path, 30.0, 50.0, True)  # a first invocation, completed
-    probe = tmp_path / "probe.py"
-    probe.write_text(
-        "import sys, time, types\n"
-        "task = types.ModuleType('espnet_prune.task')\n"
-        "class PruneASRTask:\n"
-        "    @staticmethod\n"
-        "    def main(cmd=None):\n"
-        "        t = time.time()\n"
-        "        while time.time() - t < 60:\n"
-        "            pass\n"
-        "task.PruneASRTask = PruneASRTask\n"
-        "sys.modules['espnet_prune.task'] = task\n"
-        "from espnet_prune.bin import asr_train\n"
-        "asr_train.COST_INTERVAL_S = 0.1\n"
-        f"asr_train.main(['--output_dir', {str(tmp_path)!r}])\n")
-    proc = subprocess.Popen([sys.executable, str(probe)])
+    proc = _start_wrapper(tmp_path, "t = time.time()\nwhile time.time() - t < 60:\n    pass",
+                          cost_interval_s=0.1)
     deadline = time.time() + 30
     while time.time() < deadline:  # until the running entry shows 0.3 s of CPU
         time.sleep(0.1)

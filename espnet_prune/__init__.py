@@ -10,12 +10,16 @@ inference code can build them. :func:`fast_decoding` makes a built ESPnet
 from typing import Any
 
 from espnet_prune.lazy_imports import defer_text_frontends
+from espnet_prune.typeguard_cache import install as cache_typeguard_instrumentation
 
 __version__ = "0.1.0"
 
 # ESPnet's text package imports g2p_en and inflect (5 s of CPU) that ASR with character or
 # BPE tokens never uses: load them on first use instead, in every process of the plugin.
 defer_text_frontends()
+# ESPnet's @typechecked functions are re-instrumented at every import (3 s of CPU): keep the
+# instrumented code on disk between processes instead.
+cache_typeguard_instrumentation()
 
 ENCODERS = {
     "gated_conformer": "espnet_prune.encoder:GatedConformerEncoder",

@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import atexit
 import copy
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
-
-import tempfile
 
 import pytest
 import torch
 import yaml
 
+from espnet_prune import typeguard_cache
 from espnet_prune.offline import ensure_nltk_stub
 
 # Before ESPnet is imported: no nltk download attempts (and their noise) offline.
 os.environ.setdefault(
     "NLTK_DATA", str(ensure_nltk_stub(Path(tempfile.gettempdir()) / "espnet_prune_nltk_stub"))
 )
+# typeguard's instrumented functions: one cache for this session and the processes it starts,
+# empty at the start (a run times the same whatever ran before), removed at the end
+if typeguard_cache.ENV not in os.environ:
+    os.environ[typeguard_cache.ENV] = tempfile.mkdtemp(prefix="espnet_prune_typeguard_")
+    atexit.register(shutil.rmtree, os.environ[typeguard_cache.ENV], True)
 
 #: Small Conformer close in shape to the LibriSpeech one (macaron, conv, latest rel-pos).
 TINY_CONF: Dict[str, Any] = dict(

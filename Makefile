@@ -15,8 +15,14 @@ $(STAMP): setup.py constraints.txt
 	$(PY) -m espnet_prune.offline $(VENV)/nltk_data >/dev/null
 	touch $(STAMP)
 
+# Two pytest workers (pytest-xdist), one test file each at a time, the slowest files first
+# (tests/conftest.py): a 2-core machine busy to the end. TEST_JOBS=0 runs every test in the
+# pytest process itself (the long recipe runs then start in the background at once).
+TEST_JOBS ?= 2
+
 test: $(STAMP)
-	NLTK_DATA=$(CURDIR)/$(VENV)/nltk_data $(PY) -m pytest -q --durations=15 tests
+	NLTK_DATA=$(CURDIR)/$(VENV)/nltk_data $(PY) -m pytest -q -n $(TEST_JOBS) --dist loadfile \
+		--no-loadscope-reorder --durations=15 tests
 
 # The whole recipe on the embedded mini corpus (CPU, about 20 minutes on 2 cores):
 # baseline, equal-budget control, one pruned model (params 0.5).

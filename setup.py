@@ -33,5 +33,5 @@ setup(
         # reads events (2.13-2.17 use np.string_, 2.11 and 1.15 need protobuf < 4)
         "tensorboard>=2.18",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "pytest-xdist"]},
 )

@@ -9,6 +9,7 @@ satisfy the lookup (the grapheme-to-phoneme code is never used for ASR here).
 
 from __future__ import annotations
 
+import os
 import sys
 import zipfile
 from pathlib import Path
@@ -23,7 +24,7 @@ def ensure_nltk_stub(directory: str | Path) -> Path:
         path = root / rel
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".zip.tmp")
+            tmp = path.with_suffix(f".zip.{os.getpid()}.tmp")  # processes may race to make it
             zipfile.ZipFile(tmp, "w").close()
             tmp.replace(path)
     return root

@@ -6,7 +6,9 @@ pruned by ``run.sh --stage 5``) are mostly process start-up and single-process s
 start in the background when the first test of a module using this plugin is set up, so that
 they share the cores with each other and with the tests that run meanwhile, and a test that
 needs one waits for it. Only the runs the selected tests use are started; one still running
-at the end of the session (e.g. after ``-x``) is stopped.
+at the end of the session (e.g. after ``-x``) is stopped. Under pytest-xdist (``make test``)
+a run starts when the first test that needs it is set up, in that test's worker: the other
+worker keeps the second core busy meanwhile.
 
 A test module loads this module as a plugin, ``pytest_plugins = ["recipe_fixtures"]``: a
 session-scoped fixture then runs once however many modules use it (a fixture imported into
@@ -170,6 +172,8 @@ def tiny_corpus(tmp_path_factory) -> Path:
 def _recipe_runs(request, tmp_path_factory):
     """Starts the long runs the selected tests use (see the module's docstring)."""
     wanted = {name for item in request.session.items for name in getattr(item, "fixturenames", ())}
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        wanted = set()  # every worker collects every test: the worker that needs a run starts it
     runs: Dict[str, Background] = {}
     if "recipe_run" in wanted:
         runs["recipe"] = start_recipe(tmp_path_factory.mktemp("recipe"))

@@ -47,7 +47,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 
 from espnet_prune.family import GateFamily, member_selector
-from espnet_prune.targets import CostContext, build_selector, middle_target
+from espnet_prune.target_kinds import middle_target
+from espnet_prune.targets import CostContext, build_selector
 
 Tensor = torch.Tensor
 
@@ -68,7 +69,7 @@ class SparsityControl:
     Args:
         model: the pruning model; its ``pruning`` state (:class:`~espnet_prune.model.PruningState`)
             holds the step counter, the ramp's start and (one target) the multipliers.
-        kind: target kind (:data:`~espnet_prune.targets.TARGET_KINDS`).
+        kind: target kind (:data:`~espnet_prune.target_kinds.TARGET_KINDS`).
         targets: the target sparsity, or a family's (two or more, increasing).
         ctx: reference input of the MACs costs.
         warmup_steps: training forwards over which each target ramps up.

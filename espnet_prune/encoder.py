@@ -264,7 +264,8 @@ class GatedConformerEncoder(ConformerEncoder):
     def set_eval_target(self, kind: str, sparsity: Optional[float], ctx: Optional[Any] = None) -> None:
         """Make eval mode keep the structure that meets ``sparsity`` of an encoder-scoped
         cost ``kind`` (``block_params``, ``block_macs``, ``encoder_params``, ``encoder_macs``)."""
-        from espnet_prune.targets import TARGET_KINDS, CostContext, TargetSelector
+        from espnet_prune.target_kinds import TARGET_KINDS
+        from espnet_prune.targets import CostContext, TargetSelector
 
         if kind not in TARGET_KINDS or TARGET_KINDS[kind][1] == "model":
             raise ValueError(

@@ -42,7 +42,7 @@ class GateFamily:
         model: an ESPnet ASR model with gated parts (:mod:`espnet_prune.parts`); every
             :class:`~espnet_prune.gates.HardConcreteGate` of those parts gets this
             family's shift.
-        kind: target kind (:data:`~espnet_prune.targets.TARGET_KINDS`) of the members.
+        kind: target kind (:data:`~espnet_prune.target_kinds.TARGET_KINDS`) of the members.
         ctx: reference input of the MACs costs.
     """
 

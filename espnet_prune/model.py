@@ -38,7 +38,8 @@ from espnet_prune.distill import LayerDistiller, kl_divergence
 from espnet_prune.encoder import GatedConformerEncoder
 from espnet_prune.control import SparsityControl
 from espnet_prune.cost.latency import LatencyTable
-from espnet_prune.targets import CostContext, middle_target, parse_target, parse_targets
+from espnet_prune.target_kinds import middle_target, parse_target, parse_targets
+from espnet_prune.targets import CostContext
 
 Tensor = torch.Tensor
 

@@ -13,7 +13,8 @@ import torch
 import conftest  # noqa: F401 - NLTK_DATA stub before ESPnet is imported
 from espnet_prune.family import GateFamily, member_selector
 from espnet_prune.gates import GateConfig, GateShift, HardConcreteGate
-from espnet_prune.targets import CostContext, build_selector, middle_target, parse_targets
+from espnet_prune.target_kinds import middle_target, parse_targets
+from espnet_prune.targets import CostContext, build_selector
 from test_gated_decoder import _dense_twin, _shrink_model, gated_asr, half_largest_unit  # noqa: F401
 from test_prune_model import _args, _batch, _build, _student_config, teacher_dir  # noqa: F401
 

@@ -18,7 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from conftest import TINY_CONF, build_asr, set_random_gates, write_asr_config
 from espnet_prune.bin.profile import count_encoder_macs
 from espnet_prune.shrink import shrink_asr_model
-from espnet_prune.targets import CostContext, TargetSelector, build_selector, model_params, parse_target
+from espnet_prune.target_kinds import parse_target
+from espnet_prune.targets import CostContext, TargetSelector, build_selector, model_params
 
 #: (module, its pre-LayerNorm) of the prunable sublayers of ESPnet's encoder / decoder layers.
 _SUBLAYERS = {
@@ -209,7 +210,7 @@ def test_target_kinds_are_the_cost_vocabulary():
     """Every target names one metric and one scope of the cost package, and every pair has a
     kind; a priced metric (``decode``) covers the whole model."""
     from espnet_prune.cost import METRICS, PRICED_METRICS, SCOPES
-    from espnet_prune.targets import TARGET_KINDS
+    from espnet_prune.target_kinds import TARGET_KINDS
 
     assert sorted(TARGET_KINDS.values()) == sorted(
         [(m, s) for m in METRICS for s in SCOPES] + [(m, "model") for m in PRICED_METRICS])

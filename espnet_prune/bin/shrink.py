@@ -55,7 +55,8 @@ def main(cmd: Optional[List[str]] = None) -> dict:
     from espnet_prune.encoder import GatedConformerEncoder
     from espnet_prune.family import member_selector
     from espnet_prune.model import eval_target_from_args, family_targets_from_args, plain_asr_args
-    from espnet_prune.targets import CostContext, build_selector, model_params, parse_target
+    from espnet_prune.target_kinds import parse_target
+    from espnet_prune.targets import CostContext, build_selector, model_params
     from espnet_prune.model_io import load_train_args
     from espnet_prune.shrink import shrink_asr_model
 

@@ -2,7 +2,7 @@
 
 One vocabulary (:mod:`~espnet_prune.cost.metrics`): a cost has a *metric* (``params``,
 ``macs``) and a *scope* (``blocks``, ``encoder``, ``model``); a pruning target names
-one of each (:data:`espnet_prune.targets.TARGET_KINDS`) and every gated part reports
+one of each (:data:`espnet_prune.target_kinds.TARGET_KINDS`) and every gated part reports
 its unit groups for a (metric, scope) pair. With integer counts (a structure) each
 function gives the exact count of the shrunk model; with gate probabilities (tensors)
 the differentiable expected cost that pruning training drives to its target (DESIGN 2.2).

@@ -1,7 +1,7 @@
 """The cost vocabulary shared by every gated part, the cost model and the targets.
 
 A cost has a *metric* and a *scope* (a pruning target names one of each,
-:data:`espnet_prune.targets.TARGET_KINDS`):
+:data:`espnet_prune.target_kinds.TARGET_KINDS`):
 
 * metric: ``params`` (what ``model.pth`` holds) or ``macs`` (multiply-accumulates of
   matrix products and convolutions for one inference on the reference utterance of

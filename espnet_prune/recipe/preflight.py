@@ -36,7 +36,7 @@ def _whole(value: str) -> bool:
 
 def option_problems(a: argparse.Namespace) -> List[str]:
     """Problems of the option values alone."""
-    from espnet_prune.targets import parse_target
+    from espnet_prune.target_kinds import parse_target
 
     problems = []
     for spec in a.prune_targets:

@@ -145,20 +145,21 @@ class CachedInstrument:
 
 
 def install() -> bool:
-    """Wrap typeguard's ``instrument`` in a :class:`CachedInstrument` (idempotent); False when
-    typeguard is missing or is not the 4.x series this was written against."""
+    """Wrap typeguard's ``instrument`` in a :class:`CachedInstrument` (idempotent); False, and
+    typeguard left as it is, when it is missing or not the 4.x series this follows."""
     try:
         from importlib.metadata import version
 
         from typeguard import _decorators
-    except ImportError:
+
+        versions = version("typeguard"), version("typing_extensions")
+    except ImportError:  # PackageNotFoundError included
         return False
-    if isinstance(_decorators.instrument, CachedInstrument):
+    instrument = getattr(_decorators, "instrument", None)
+    if isinstance(instrument, CachedInstrument):
         return True
-    if not hasattr(_decorators, "instrument"):
+    if instrument is None or not versions[0].startswith("4."):
         return False
-    tag = f"{sys.implementation.cache_tag}-typeguard{version('typeguard')}-te{version('typing_extensions')}"
-    if not tag.split("typeguard")[1].startswith("4."):
-        return False
-    _decorators.instrument = CachedInstrument(_decorators.instrument, tag)
+    _decorators.instrument = CachedInstrument(
+        instrument, f"{sys.implementation.cache_tag}-typeguard{versions[0]}-te{versions[1]}")
     return True

@@ -231,3 +231,13 @@ def test_espnet_checks_types_with_the_cache_warm(tmp_path):
     assert cold["ERR"] == warm["ERR"] == "TypeCheckError"
     assert int(cold["MADE"]) > 100  # ESPnet's ASR task instruments over a hundred functions
     assert warm["MADE"] == "0"
+
+
+def test_import_espnet_prune_installs_it_once():
+    from importlib.metadata import version
+
+    installed = _decorators.instrument
+    assert isinstance(installed, CachedInstrument)
+    assert typeguard_cache.install() and _decorators.instrument is installed  # not wrapped twice
+    assert not isinstance(installed.instrument, CachedInstrument)
+    assert f"typeguard{version('typeguard')}" in installed.tag and sys.implementation.cache_tag in installed.tag

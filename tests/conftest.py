@@ -30,12 +30,10 @@ if typeguard_cache.ENV not in os.environ:
 #: The slowest test files, slowest first (seconds of one pytest-xdist worker on 2 cores,
 #: ``--durations``): run before the rest so that the two workers of ``make test`` finish
 #: together instead of one waiting for the other's last long file.
-SLOW_FIRST = ("test_recipe.py",  # 210: the whole recipe run, then a family run on a copy
+SLOW_FIRST = ("test_recipe.py",  # 200: the whole recipe run, then a family run on a copy
               "test_teacher_recipe.py",  # 80: an ESPnet-trained teacher pruned by run.sh
-              "test_ddp.py",  # 70: two 2-rank DDP launches
-              "test_prune_training.py",  # 55: a teacher and four pruning runs
-              "test_family.py",  # 50
-              "test_recipe_options.py")  # 40: about 30 preflight runs
+              "test_prune_training.py",  # 50: a teacher and four pruning runs
+              "test_ddp.py")  # 31: a teacher and two 2-rank DDP launches; the rest: 23 or less
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:

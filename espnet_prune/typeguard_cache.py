@@ -26,6 +26,8 @@ from pathlib import Path
 from types import CellType, CodeType, FunctionType
 from typing import Any, Callable, Dict, Optional, Tuple
 
+from espnet_prune.fileio import atomic_write_bytes
+
 #: a source file's (size in bytes, modification time in ns)
 Stamp = Tuple[int, int]
 
@@ -69,23 +71,26 @@ class CachedInstrument:
         code = getattr(f, "__code__", None)
         stamp = _stamp(code.co_filename) if isinstance(code, CodeType) else None
         directory = cache_dir()
-        if stamp is None or directory is None or not getattr(f, "__module__", None) or hasattr(f, "__wrapped__"):
-            path, entries = None, {}  # typeguard's own answer, not kept
-        else:
+        path: Optional[Path] = None
+        entries: Dict[str, CodeType] = {}
+        if stamp is not None and directory is not None and getattr(f, "__module__", None) \
+                and not hasattr(f, "__wrapped__"):  # else typeguard's own answer, not kept
             path = directory / (hashlib.sha1(f"{self.tag}\0{code.co_filename}".encode()).hexdigest() + ".marshal")
             entries = self._entries(path, stamp)
-        key = f"{f.__qualname__}:{code.co_firstlineno}" if path else ""
-        made = None
-        if key not in entries:
+        key = f"{f.__qualname__}:{code.co_firstlineno}" if path is not None else ""
+        new_code = entries.get(key)
+        if new_code is None:
             made = self.instrument(f)
             if not isinstance(made, FunctionType):
                 return made
-            if path:
-                entries[key] = made.__code__
+            new_code = made.__code__
+            if path is not None:
+                entries[key] = new_code
                 self._save(path, stamp, entries)
-        new_code = entries[key] if made is None else made.__code__
+            if new_code.co_freevars == f.__code__.co_freevars:
+                return made
         if new_code.co_freevars == f.__code__.co_freevars:
-            return made or self._function(f, new_code, {})
+            return self._function(f, new_code, {})
         # names the instrumented code takes from the enclosing function: typeguard reads them
         # two frames above its own, one frame short behind this wrapper; the scope is here
         return self._function(f, new_code, sys._getframe(2).f_locals)  # above typechecked
@@ -106,16 +111,10 @@ class CachedInstrument:
 
     @staticmethod
     def _save(path: Path, stamp: Stamp, entries: Dict[str, CodeType]) -> None:
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(marshal.dumps((stamp, entries)))
-            os.replace(tmp, path)
+            atomic_write_bytes(path, marshal.dumps((stamp, entries)))
         except OSError:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+            pass  # not kept: the next process instruments again
 
     @staticmethod
     def _function(f: FunctionType, code: CodeType, scope: Dict[str, Any]) -> FunctionType:

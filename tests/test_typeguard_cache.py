@@ -107,8 +107,12 @@ def with_instrument(monkeypatch, tmp_path):
     return load, plain, path
 
 
-def _cached(plain) -> CachedInstrument:
-    return CachedInstrument(plain, "test-tag")
+def _cached(plain, made=None) -> CachedInstrument:
+    """A cache over typeguard's ``plain`` instrument; what ``plain`` makes is appended to ``made``."""
+    cached = CachedInstrument(plain, "test-tag")
+    if made is not None:
+        cached.instrument = lambda f: made.append(f) or plain(f)
+    return cached
 
 
 def _check_behaviour(module) -> None:
@@ -144,9 +148,8 @@ def test_functions_from_the_cache_are_typeguards(with_instrument, tmp_path, monk
     cold = load(cold_instrument)
     files = list((tmp_path / "cache").glob("*.marshal"))
     assert len(files) == 1  # one file for the one source file
-    warm_instrument = _cached(plain)
     calls = []
-    warm_instrument.instrument = lambda f: calls.append(f) or plain(f)
+    warm_instrument = _cached(plain, calls)
     warm = load(warm_instrument)
     assert calls == []  # every function came from the file
     for module, instrument in ((cold, cold_instrument), (warm, warm_instrument)):
@@ -177,11 +180,9 @@ def test_a_changed_source_is_instrumented_again(with_instrument):
     load(_cached(plain))
     path.write_text(SOURCE.replace("return x * factor", "return x * factor + 1"))
     calls = []
-    instrument = _cached(plain)
-    instrument.instrument = lambda f: calls.append(f.__qualname__) or plain(f)
-    module = load(instrument)
+    module = load(_cached(plain, calls))
     assert module.scale(2) == 7  # the new source, not the cached code of the old one
-    assert "scale" in calls and len(calls) == 7
+    assert "scale" in [f.__qualname__ for f in calls] and len(calls) == 7
 
 
 def test_a_damaged_or_unwritable_cache_only_costs_the_work(with_instrument, tmp_path, monkeypatch):
@@ -196,9 +197,7 @@ def test_a_damaged_or_unwritable_cache_only_costs_the_work(with_instrument, tmp_
     _check_behaviour(load(_cached(plain)))
     monkeypatch.setenv(typeguard_cache.ENV, "off")
     calls = []
-    instrument = _cached(plain)
-    instrument.instrument = lambda f: calls.append(f) or plain(f)
-    _check_behaviour(load(instrument))
+    _check_behaviour(load(_cached(plain, calls)))
     assert len({f.__qualname__ for f in calls}) == 7  # off: typeguard made every one
     assert not (blocker.is_dir() or (tmp_path / "off").exists())
 
